@@ -1,0 +1,22 @@
+"""loadercache: an asyncio DataLoader with pluggable, shareable caches.
+
+>>> from loadercache import DataLoader
+>>> users = DataLoader(fetch_users)
+>>> user = await users.load(1)
+"""
+
+from loadercache._version import __version__
+from loadercache.cache import MISS, CacheMap, MutableMappingCacheMap, RemoteTier
+from loadercache.loader import BatchLoadFn, DataLoader
+from loadercache.stats import LoaderStats
+
+__all__ = [
+    "MISS",
+    "BatchLoadFn",
+    "CacheMap",
+    "DataLoader",
+    "LoaderStats",
+    "MutableMappingCacheMap",
+    "RemoteTier",
+    "__version__",
+]

@@ -1,0 +1,203 @@
+"""The cache protocols the DataLoader depends on, and the MutableMapping adapter.
+
+The loader memoises *futures*, not values: a key that is being loaded and a key
+that has been loaded are both one future in the cache map, so a second
+``load()`` of an in-flight key joins the first instead of loading it again.
+:class:`CacheMap` is everything the loader asks of a cache: ``get``, ``set``,
+``delete`` and ``clear``.  It is deliberately synchronous: ``load()`` runs once
+per field of every GraphQL query and must not await anything.
+
+A second, remote tier
+---------------------
+A cache shared between processes (Redis) cannot hold futures, and it cannot be
+read from ``load()``: a synchronous ``get`` that returned an awaitable would
+make every lookup look like a hit, and one network round trip per key is what
+a DataLoader exists to avoid.  So a cache map may *also* implement
+:class:`RemoteTier`, and the loader then talks to it at dispatch, once per
+batch:
+
+1. ``load()`` consults only the local map (``get``/``set``), as for any map.
+2. When a batch dispatches, the loader calls ``await remote.get_many(keys)``
+   with the cache keys of the batch (one round trip for the whole batch).  The
+   answer is a sequence aligned with the keys, holding a value or
+   :data:`MISS`.  Hits resolve their futures at once; only the misses reach the
+   batch function.
+3. After the batch function returns, and before the futures settle, the loader
+   calls ``await remote.set_many(pairs)`` with the freshly loaded
+   ``(cache_key, value)`` pairs.  Per-key exceptions are never passed.  Whether
+   the write is awaited or scheduled in the background is the remote tier's
+   choice: a tier that returns at once keeps the write off the caller's
+   latency, one that awaits it makes the value visible to other processes
+   before this request sees it.
+
+A remote tier that raises, or answers with the wrong number of values, is
+treated as a tier that holds nothing: the loader logs it, counts it and loads
+from the batch function.  A cache failure never becomes a user failure.
+``prime``, ``clear`` and ``clear_all`` reach the remote tier through the
+ordinary ``set``, ``delete`` and ``clear`` of the map (``set`` with a future
+that is already resolved is a prime).  The core never imports a backend; it
+only checks for these two methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Hashable, MutableMapping
+from typing import (
+    Any,
+    Callable,
+    Generic,
+    Optional,
+    Protocol,
+    Sequence,
+    Tuple,
+    TypeVar,
+    Union,
+    runtime_checkable,
+)
+
+__all__ = [
+    "MISS",
+    "CacheMap",
+    "MutableMappingCacheMap",
+    "RemoteTier",
+    "as_cache_map",
+]
+
+KT = TypeVar("KT", bound=Hashable)
+VT = TypeVar("VT")
+KT_contra = TypeVar("KT_contra", bound=Hashable, contravariant=True)
+VT_contra = TypeVar("VT_contra", contravariant=True)
+
+
+class _Miss:
+    """The type of :data:`MISS`; there is exactly one instance."""
+
+    __slots__ = ()
+    _instance: Optional[_Miss] = None
+
+    def __new__(cls) -> _Miss:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "MISS"
+
+    def __reduce__(self) -> str:
+        return "MISS"
+
+
+MISS: Any = _Miss()
+"""Returned in :meth:`RemoteTier.get_many` answers for a key the tier does not hold."""
+
+
+@runtime_checkable
+class CacheMap(Protocol[KT_contra, VT]):
+    """What a DataLoader needs of its cache: a map from cache key to future.
+
+    Any object with these four methods works; a ``dict`` or any other
+    ``MutableMapping`` (for instance a ``cachetools`` cache) is adapted by
+    :func:`as_cache_map`.
+
+    >>> from loadercache import DataLoader
+    >>> from loadercache.backends import LRUCacheMap
+    >>> loader = DataLoader(fetch_users, cache_map=LRUCacheMap(maxsize=10_000))
+    """
+
+    def get(self, key: KT_contra) -> Optional[asyncio.Future[VT]]:
+        """Return the future stored for *key*, or ``None``."""
+        ...
+
+    def set(self, key: KT_contra, value: asyncio.Future[VT]) -> None:
+        """Store *value* for *key* (a pending or a resolved future)."""
+        ...
+
+    def delete(self, key: KT_contra) -> None:
+        """Forget *key*; a key that is absent is not an error."""
+        ...
+
+    def clear(self) -> None:
+        """Forget every key."""
+        ...
+
+
+@runtime_checkable
+class RemoteTier(Protocol[KT_contra, VT_contra]):
+    """An optional second tier a cache map may implement (see the module docs).
+
+    The loader calls ``get_many`` once per batch, before the batch function,
+    and ``set_many`` once per batch, after it.
+    """
+
+    async def get_many(self, keys: Sequence[KT_contra]) -> Sequence[Any]:
+        """Return one entry per key: the stored value, or :data:`MISS`."""
+        ...
+
+    async def set_many(self, items: Sequence[Tuple[KT_contra, VT_contra]]) -> None:
+        """Store freshly loaded values (never exceptions)."""
+        ...
+
+
+class MutableMappingCacheMap(Generic[KT, VT]):
+    """Adapt a ``MutableMapping`` (a dict, a cachetools cache) to :class:`CacheMap`.
+
+    ``get`` is the mapping's own bound method, so a ``dict`` costs one C call
+    per ``load()``.
+
+    >>> cache_map = MutableMappingCacheMap({})
+    >>> cache_map.get("a") is None
+    True
+    """
+
+    __slots__ = ("get", "mapping")
+
+    get: Callable[[KT], Optional[asyncio.Future[VT]]]
+
+    def __init__(self, mapping: MutableMapping[KT, asyncio.Future[VT]]) -> None:
+        self.mapping = mapping
+        self.get = mapping.get
+
+    def set(self, key: KT, value: asyncio.Future[VT]) -> None:
+        self.mapping[key] = value
+
+    def delete(self, key: KT) -> None:
+        self.mapping.pop(key, None)
+
+    def clear(self) -> None:
+        self.mapping.clear()
+
+    def __len__(self) -> int:
+        return len(self.mapping)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.mapping!r})"
+
+
+_PROTOCOL_METHODS = ("get", "set", "delete", "clear")
+
+
+def as_cache_map(
+    cache_map: Union[CacheMap[Any, Any], MutableMapping[Any, Any]],
+) -> CacheMap[Any, Any]:
+    """Return *cache_map* if it is a :class:`CacheMap`, adapt a ``MutableMapping``.
+
+    Raise ``TypeError`` for anything else, naming the methods it lacks.
+
+    >>> as_cache_map({})
+    MutableMappingCacheMap({})
+    """
+    if all(callable(getattr(cache_map, name, None)) for name in _PROTOCOL_METHODS):
+        return cache_map  # type: ignore[return-value]
+    if isinstance(cache_map, MutableMapping):
+        return MutableMappingCacheMap(cache_map)
+    missing = [
+        name
+        for name in _PROTOCOL_METHODS
+        if not callable(getattr(cache_map, name, None))
+    ]
+    raise TypeError(
+        f"cache_map must implement the CacheMap protocol (get, set, delete, "
+        f"clear) or be a MutableMapping such as a dict, but "
+        f"{type(cache_map).__name__} lacks {', '.join(missing)}."
+    )

@@ -1,0 +1,697 @@
+"""The DataLoader: queueing loads, dispatching batches, settling futures.
+
+Read top to bottom: construction, the public methods (``load``, ``load_many``,
+``clear``, ``clear_all``, ``prime``), then the private steps of a batch's life
+in the order they happen (``_enqueue``, ``_dispatch_batch``, ``_run_batch``,
+``_read_through``, ``_settle``, ``_failed_dispatch``).
+
+A batch is the list of keys collected since the last dispatch.  The first key
+of a batch schedules its dispatch with ``batch_schedule_fn``; by default that
+is ``loop.call_soon``, and the dispatch callback starts a task whose first step
+closes the batch, so a batch collects every load made in this turn of the
+event loop *and* in the next one.  The second turn matters: graphql-core and
+``asyncio.gather`` start sibling resolvers as tasks that first run one turn
+after they are created, and a loader that closed its batch one turn earlier
+would split a list of siblings in two.  (aiodataloader and strawberry wait the
+same two turns; the JavaScript original waits for the promise job queue.)
+
+See :mod:`loadercache.cache` for how a remote cache tier joins a dispatch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import reprlib
+import warnings
+from collections.abc import Hashable, Iterable, Mapping, MutableMapping
+from typing import (
+    Any,
+    Awaitable,
+    Callable,
+    ClassVar,
+    Generic,
+    List,
+    Literal,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+    TypeVar,
+    Union,
+    cast,
+    overload,
+)
+
+from loadercache.cache import MISS, CacheMap, RemoteTier, as_cache_map
+from loadercache.stats import LoaderStats
+
+__all__ = ["BatchLoadFn", "DataLoader"]
+
+K = TypeVar("K")
+V = TypeVar("V")
+_Self = TypeVar("_Self", bound="DataLoader[Any, Any]")
+
+#: What a batch function returns: values aligned with the keys, or a mapping
+#: from key to value.  An ``Exception`` in place of a value rejects that key.
+BatchResult = Union[
+    Sequence[Union[V, BaseException]], Mapping[K, Union[V, BaseException]]
+]
+BatchLoadFn = Callable[[List[K]], Awaitable[BatchResult[K, V]]]
+
+logger = logging.getLogger("loadercache")
+
+_short = reprlib.Repr()
+_short.maxlist = _short.maxtuple = _short.maxdict = _short.maxset = 10
+_short.maxstring = _short.maxother = 80
+
+
+class _Batch:
+    """The keys collected for one call of the batch function."""
+
+    __slots__ = ("cache_keys", "closed", "futures", "keys")
+
+    def __init__(self) -> None:
+        self.keys: List[Any] = []
+        self.cache_keys: List[Hashable] = []
+        self.futures: List[asyncio.Future[Any]] = []
+        self.closed = False
+
+
+def _is_async_callable(fn: Any) -> bool:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if inspect.iscoroutinefunction(fn):
+        return True
+    # An object whose __call__ is a coroutine function.
+    call = getattr(type(fn), "__call__", None)  # noqa: B004
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+class DataLoader(Generic[K, V]):
+    """Coalesce the loads of one event-loop turn into one call of a batch function.
+
+    >>> async def fetch_users(ids: list[int]) -> list[User | None]:
+    ...     rows = await db.fetch("SELECT * FROM users WHERE id = ANY($1)", ids)
+    ...     by_id = {row["id"]: User(**row) for row in rows}
+    ...     return [by_id.get(i) for i in ids]
+    >>> users = DataLoader(fetch_users)
+    >>> alice, bob = await asyncio.gather(users.load(1), users.load(2))
+
+    Both loads reach ``fetch_users`` in one call, ``[1, 2]``; loading 1 again
+    returns the memoised result.  Subclasses may define ``batch_load_fn`` as an
+    async method and set ``batch``, ``max_batch_size`` and ``cache`` as class
+    attributes, as with aiodataloader.
+
+    Arguments (all optional keywords but the batch function):
+
+    * ``batch_load_fn``: ``async (keys: list[K]) -> Sequence[V | Exception]``
+      aligned with the keys, or ``Mapping[K, V | Exception]`` (a key the
+      mapping lacks resolves to ``None``).
+    * ``batch`` (default True): False calls the batch function once per key.
+    * ``max_batch_size``: split larger batches into concurrent calls.
+    * ``cache`` (default True): False loads every ``load()`` call anew,
+      duplicates included, and makes ``prime``/``clear`` do nothing.
+    * ``cache_key_fn`` (alias ``get_cache_key``): maps a key to the hashable
+      cache key, e.g. ``lambda key: key["id"]``.
+    * ``cache_map``: a :class:`~loadercache.cache.CacheMap` or any
+      ``MutableMapping`` (default: a new dict).
+    * ``cache_exceptions`` (default True): whether a per-key ``Exception``
+      returned by the batch function is memoised like a value (the JavaScript
+      behaviour), or forgotten so the next ``load`` retries; a callable
+      ``(exception) -> bool`` decides per exception.
+    * ``batch_schedule_fn``: ``(callback) -> None``, calls ``callback`` when
+      the batch should dispatch, e.g.
+      ``lambda cb: asyncio.get_running_loop().call_later(0.002, cb)``.
+    * ``name``: shown in ``repr`` and log records.
+    * ``loop``: deprecated; the loader binds to the running loop on first use.
+    """
+
+    batch: ClassVar[bool] = True
+    max_batch_size: ClassVar[Optional[int]] = None
+    cache: ClassVar[bool] = True
+    cache_exceptions: ClassVar[Union[bool, Callable[[Exception], bool]]] = True
+
+    def __init__(
+        self,
+        batch_load_fn: Optional[BatchLoadFn[K, V]] = None,
+        batch: Optional[bool] = None,
+        max_batch_size: Optional[int] = None,
+        cache: Optional[bool] = None,
+        get_cache_key: Optional[Callable[[K], Hashable]] = None,
+        cache_map: Union[
+            CacheMap[Any, V], MutableMapping[Any, asyncio.Future[V]], None
+        ] = None,
+        loop: Optional[asyncio.AbstractEventLoop] = None,
+        *,
+        cache_key_fn: Optional[Callable[[K], Hashable]] = None,
+        cache_exceptions: Union[bool, Callable[[Exception], bool], None] = None,
+        batch_schedule_fn: Optional[Callable[[Callable[[], None]], Any]] = None,
+        name: Optional[str] = None,
+    ) -> None:
+        if batch_load_fn is None:
+            batch_load_fn = getattr(self, "batch_load_fn", None)
+            if batch_load_fn is None:
+                raise TypeError(
+                    "DataLoader must be constructed with a batch_load_fn, an async "
+                    "function which accepts a list of keys and returns a list of "
+                    "values of the same length (or a mapping from key to value), "
+                    "or subclassed with an async batch_load_fn method."
+                )
+        if not _is_async_callable(batch_load_fn):
+            raise TypeError(
+                "DataLoader must be constructed with a batch_load_fn that is an "
+                "async function (async def, or a functools.partial of one), "
+                f"but got {batch_load_fn!r}. Wrap a blocking function with "
+                "asyncio.to_thread inside an async def."
+            )
+        self._batch_load_fn: BatchLoadFn[K, V] = batch_load_fn
+
+        if batch is not None:
+            self.batch = batch  # type: ignore[misc]
+        if cache is not None:
+            self.cache = cache  # type: ignore[misc]
+        if max_batch_size is not None:
+            self.max_batch_size = max_batch_size  # type: ignore[misc]
+        # Read through the class: a predicate set as a class attribute must not
+        # become a bound method.
+        if cache_exceptions is None:
+            cache_exceptions = inspect.getattr_static(self, "cache_exceptions")
+            if isinstance(cache_exceptions, staticmethod):
+                cache_exceptions = cache_exceptions.__func__
+        if not isinstance(cache_exceptions, bool) and not callable(cache_exceptions):
+            raise TypeError(
+                "cache_exceptions must be a bool or a callable taking the "
+                f"exception, but got {cache_exceptions!r}."
+            )
+        self._cache_exceptions: Union[bool, Callable[[Exception], bool]] = (
+            cache_exceptions
+        )
+        limit = self.max_batch_size
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
+        ):
+            raise TypeError(
+                f"max_batch_size must be a positive int or None, but got {limit!r}."
+            )
+        self._limit: Optional[int] = 1 if not self.batch else limit
+
+        if cache_key_fn is not None and get_cache_key is not None:
+            raise TypeError("Pass cache_key_fn or its alias get_cache_key, not both.")
+        key_fn = cache_key_fn if cache_key_fn is not None else get_cache_key
+        if key_fn is None:
+            key_fn = getattr(self, "get_cache_key", None)
+        if key_fn is not None and not callable(key_fn):
+            raise TypeError(f"cache_key_fn must be callable, but got {key_fn!r}.")
+        self._key_fn: Optional[Callable[[K], Hashable]] = key_fn
+
+        self._cache_map: CacheMap[Any, V] = as_cache_map(
+            cache_map if cache_map is not None else {}
+        )
+        self._get = self._cache_map.get
+        # A remote tier is only consulted when caching is on.
+        self._remote: Optional[RemoteTier[Any, V]] = None
+        if self.cache and callable(getattr(self._cache_map, "get_many", None)):
+            self._remote = cast("RemoteTier[Any, V]", self._cache_map)
+
+        if batch_schedule_fn is not None and not callable(batch_schedule_fn):
+            raise TypeError(
+                f"batch_schedule_fn must be callable, but got {batch_schedule_fn!r}."
+            )
+        self._schedule = batch_schedule_fn
+        self.name = name
+
+        if loop is not None:
+            warnings.warn(
+                "DataLoader(loop=...) is deprecated and unnecessary: a loader "
+                "binds to the running event loop the first time it is used.",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+        self._loop: Optional[asyncio.AbstractEventLoop] = loop
+        self._batch: Optional[_Batch] = None
+        self._tasks: Set[asyncio.Task[None]] = set()
+        self._stats = LoaderStats()
+        # Kept apart from _stats: these two are counted on the hot path.
+        self._loads = 0
+        self._enqueued = 0
+
+    def __repr__(self) -> str:
+        name = f" {self.name!r}" if self.name else ""
+        return f"<{type(self).__name__}{name} cache_map={self._cache_map!r}>"
+
+    @property
+    def cache_map(self) -> CacheMap[Any, V]:
+        """The cache map this loader memoises its futures in."""
+        return self._cache_map
+
+    @property
+    def stats(self) -> LoaderStats:
+        """A snapshot of this loader's counters (see :class:`LoaderStats`).
+
+        >>> loader.stats.batches
+        1
+        """
+        snapshot = LoaderStats(**self._stats.__dict__)
+        snapshot.loads = self._loads
+        snapshot.local_hits = self._loads - self._enqueued
+        return snapshot
+
+    # -- the public API --------------------------------------------------
+
+    def load(self, key: K) -> asyncio.Future[V]:
+        """Load one key; return a future of its value.
+
+        >>> user = await users.load(1)
+
+        The future is shared by every ``load`` of the same cache key until the
+        key is cleared.  Raises ``TypeError`` for ``None`` or for a cache key
+        that is unhashable, and ``RuntimeError`` outside a running event loop
+        or from a second event loop.
+        """
+        if key is None:
+            raise TypeError(
+                "The loader.load() function must be called with a value, but got: None."
+            )
+        self._loads += 1
+        if not self.cache:
+            return self._enqueue(key, None)
+        cache_key: Hashable = key if self._key_fn is None else self._key_fn(key)
+        try:
+            future = self._get(cache_key)
+        except TypeError:
+            if _is_hashable(cache_key):
+                raise
+            raise TypeError(
+                f"cache key {_short.repr(cache_key)} is unhashable; pass "
+                "cache_key_fn= to map it to a hashable key."
+            ) from None
+        if future is not None:
+            if not future.done():
+                return self._share(future, key)
+            if not future.cancelled():
+                return future
+        return self._enqueue(key, cache_key)
+
+    @overload
+    def load_many(
+        self, keys: Iterable[K], *, return_exceptions: Literal[False] = ...
+    ) -> asyncio.Future[List[V]]: ...
+
+    @overload
+    def load_many(
+        self, keys: Iterable[K], *, return_exceptions: bool
+    ) -> asyncio.Future[List[Union[V, BaseException]]]: ...
+
+    def load_many(
+        self, keys: Iterable[K], *, return_exceptions: bool = False
+    ) -> asyncio.Future[List[Any]]:
+        """Load several keys; return a future of their values in key order.
+
+        >>> a, b = await users.load_many([1, 2])
+
+        The first failure raises, as ``asyncio.gather`` does; with
+        ``return_exceptions=True`` each failed key's exception takes its place
+        in the list instead (JavaScript's ``loadMany``).
+        """
+        if isinstance(keys, (str, bytes)) or not isinstance(keys, Iterable):
+            raise TypeError(
+                "The loader.load_many() function must be called with an iterable "
+                f"of keys, but got: {_short.repr(keys)}."
+            )
+        return asyncio.gather(
+            *[self.load(key) for key in keys], return_exceptions=return_exceptions
+        )
+
+    def clear(self: _Self, key: K) -> _Self:
+        """Forget the cached value of *key*; return the loader for chaining.
+
+        >>> users.clear(1).prime(1, updated_user)
+        """
+        if self.cache:
+            self._cache_map.delete(self._cache_key(key))
+        return self
+
+    def clear_all(self: _Self) -> _Self:
+        """Forget every cached value; return the loader for chaining.
+
+        With a shared cache map (Redis) this forgets the namespace for every
+        process, not only for this loader.
+        """
+        if self.cache:
+            self._cache_map.clear()
+        return self
+
+    def prime(self: _Self, key: K, value: Union[V, Exception]) -> _Self:
+        """Cache *value* for *key* unless the key is cached already; chainable.
+
+        An ``Exception`` value caches a rejection.  To overwrite, clear first:
+        ``loader.clear(key).prime(key, value)``.
+        """
+        if not self.cache:
+            return self
+        cache_key = self._cache_key(key)
+        existing = self._cache_map.get(cache_key)
+        if existing is not None and not existing.cancelled():
+            return self
+        future: asyncio.Future[V] = self._bound_loop().create_future()
+        if isinstance(value, Exception):
+            future.set_exception(value)
+            # A primed rejection nobody loads is not an unhandled error.
+            future.exception()
+        else:
+            future.set_result(value)
+        self._cache_map.set(cache_key, future)
+        return self
+
+    # -- helpers of the public API ---------------------------------------
+
+    def _cache_key(self, key: K) -> Hashable:
+        cache_key = key if self._key_fn is None else self._key_fn(key)
+        if not _is_hashable(cache_key):
+            raise TypeError(
+                f"cache key {_short.repr(cache_key)} is unhashable; pass "
+                "cache_key_fn= to map it to a hashable key."
+            )
+        return cache_key
+
+    def _bound_loop(self) -> asyncio.AbstractEventLoop:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            if self._loop is not None and not self._loop.is_closed():
+                return self._loop
+            raise RuntimeError(
+                "DataLoader must be used from a coroutine or callback running in "
+                "an asyncio event loop; no event loop is running."
+            ) from None
+        if loop is self._loop:
+            return loop
+        old = self._loop
+        if old is not None and not old.is_closed():
+            raise RuntimeError(
+                f"{self!r} is bound to event loop {old!r}, which is still open, "
+                f"and was used from another event loop {loop!r}. A DataLoader "
+                "holds futures of one event loop: create one loader per loop "
+                "(per request)."
+            )
+        # First use, or the old loop is closed (a test suite's loop per test):
+        # bind to this loop; nothing queued on the dead loop can ever run.
+        self._loop = loop
+        self._batch = None
+        return loop
+
+    def _share(self, future: asyncio.Future[V], key: K) -> asyncio.Future[V]:
+        """A load of an in-flight key: give this caller a future of its own.
+
+        If callers shared the in-flight future itself, cancelling one of them
+        (a timeout, a client that went away) would cancel it for all.
+        """
+        loop = self._bound_loop()
+        if future.get_loop() is not loop:
+            # Left over from a closed loop: it will never settle.
+            return self._enqueue(key, self._cache_key(key))
+        mine: asyncio.Future[V] = loop.create_future()
+        future.add_done_callback(functools.partial(self._relay, mine, key))
+        return mine
+
+    def _relay(
+        self, mine: asyncio.Future[V], key: K, shared: asyncio.Future[V]
+    ) -> None:
+        if mine.done():
+            return
+        if shared.cancelled():
+            # The caller holding the shared future was cancelled; this caller
+            # was not, and still wants the value: load it again.
+            try:
+                again = self.load(key)
+            except Exception as error:
+                mine.set_exception(error)
+                return
+            again.add_done_callback(functools.partial(_copy_outcome, mine))
+            return
+        _copy_outcome(mine, shared)
+
+    # -- a batch's life ----------------------------------------------------
+
+    def _enqueue(self, key: K, cache_key: Hashable) -> asyncio.Future[V]:
+        """Queue a load that missed the cache (cache_key is unused without cache)."""
+        self._enqueued += 1
+        loop = self._loop
+        try:
+            if loop is not asyncio.get_running_loop():
+                loop = self._bound_loop()
+        except RuntimeError:
+            loop = self._bound_loop()
+        future: asyncio.Future[V] = loop.create_future()
+        batch = self._batch
+        limit = self._limit
+        if (
+            batch is None
+            or batch.closed
+            or (limit is not None and len(batch.keys) >= limit)
+        ):
+            batch = self._batch = _Batch()
+            callback = functools.partial(self._dispatch_batch, batch)
+            if self._schedule is None:
+                loop.call_soon(callback)
+            else:
+                self._schedule(callback)
+        batch.keys.append(key)
+        batch.futures.append(future)
+        if self.cache:
+            batch.cache_keys.append(cache_key)
+            self._cache_map.set(cache_key, future)
+        return future
+
+    def _dispatch_batch(self, batch: _Batch) -> None:
+        """The scheduled callback: start the task that runs the batch."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        task = loop.create_task(self._run_batch(batch))
+        # The event loop keeps only weak references to tasks.
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_batch(self, batch: _Batch) -> None:
+        batch.closed = True
+        if self._batch is batch:
+            self._batch = None
+        keys, cache_keys, futures = batch.keys, batch.cache_keys, batch.futures
+        if any(future.done() for future in futures):
+            # Loads cancelled before dispatch are not loaded at all.
+            keys, cache_keys, futures = self._drop_done(keys, cache_keys, futures)
+            if not keys:
+                return
+        try:
+            if self._remote is not None:
+                keys, cache_keys, futures = await self._read_through(
+                    self._remote, keys, cache_keys, futures
+                )
+                if not keys:
+                    return
+            stats = self._stats
+            stats.batches += 1
+            stats.batched_keys += len(keys)
+            if len(keys) > stats.max_batch:
+                stats.max_batch = len(keys)
+            result = await self._batch_load_fn(list(keys))
+            values = _check_result(result, keys)
+        except Exception as error:
+            self._failed_dispatch(cache_keys, futures, error)
+            return
+        except BaseException as error:
+            # Cancelled, KeyboardInterrupt, SystemExit: still settle every
+            # load, or its callers would wait forever.
+            self._failed_dispatch(
+                cache_keys,
+                futures,
+                RuntimeError(
+                    f"The batch function of {self!r} was interrupted by "
+                    f"{type(error).__name__} before it returned; keys: "
+                    f"{_short.repr(keys)}."
+                ),
+            )
+            raise
+        try:
+            if self._remote is not None:
+                await self._write_back(self._remote, cache_keys, values)
+        finally:
+            # Even if this task is cancelled while writing back.
+            self._settle(cache_keys, futures, values)
+
+    def _drop_done(
+        self,
+        keys: List[Any],
+        cache_keys: List[Hashable],
+        futures: List[asyncio.Future[V]],
+    ) -> Tuple[List[Any], List[Hashable], List[asyncio.Future[V]]]:
+        kept = [i for i, future in enumerate(futures) if not future.done()]
+        if cache_keys:
+            for i, future in enumerate(futures):
+                if future.cancelled():
+                    self._forget(cache_keys[i], future)
+            cache_keys = [cache_keys[i] for i in kept]
+        return [keys[i] for i in kept], cache_keys, [futures[i] for i in kept]
+
+    async def _read_through(
+        self,
+        remote: RemoteTier[Any, V],
+        keys: List[Any],
+        cache_keys: List[Hashable],
+        futures: List[asyncio.Future[V]],
+    ) -> Tuple[List[Any], List[Hashable], List[asyncio.Future[V]]]:
+        """Answer what the remote tier holds; return the keys still to load."""
+        try:
+            found = await remote.get_many(cache_keys)
+            if len(found) != len(cache_keys):
+                raise ValueError(
+                    f"the remote tier answered {len(found)} values for "
+                    f"{len(cache_keys)} keys"
+                )
+        except Exception as error:
+            self._stats.remote_errors += 1
+            self._stats.remote_misses += len(cache_keys)
+            logger.warning(
+                "%r: remote cache read failed, loading %d keys from the batch "
+                "function: %s",
+                self,
+                len(cache_keys),
+                error,
+            )
+            return keys, cache_keys, futures
+        todo: List[int] = []
+        for i, value in enumerate(found):
+            if value is MISS:
+                todo.append(i)
+            elif not futures[i].done():
+                futures[i].set_result(value)
+        self._stats.remote_hits += len(found) - len(todo)
+        self._stats.remote_misses += len(todo)
+        if len(todo) == len(keys):
+            return keys, cache_keys, futures
+        return (
+            [keys[i] for i in todo],
+            [cache_keys[i] for i in todo],
+            [futures[i] for i in todo],
+        )
+
+    async def _write_back(
+        self,
+        remote: RemoteTier[Any, V],
+        cache_keys: List[Hashable],
+        values: Sequence[Any],
+    ) -> None:
+        items = [
+            (cache_key, value)
+            for cache_key, value in zip(cache_keys, values)
+            if not isinstance(value, Exception)
+        ]
+        if not items:
+            return
+        try:
+            await remote.set_many(items)
+        except Exception as error:
+            self._stats.remote_errors += 1
+            logger.warning("%r: remote cache write failed: %s", self, error)
+
+    def _settle(
+        self,
+        cache_keys: List[Hashable],
+        futures: List[asyncio.Future[V]],
+        values: Sequence[Any],
+    ) -> None:
+        policy = self._cache_exceptions
+        for i, (future, value) in enumerate(zip(futures, values)):
+            if future.done():
+                # Cancelled by its caller while the batch ran.
+                if cache_keys and future.cancelled():
+                    self._forget(cache_keys[i], future)
+                continue
+            if isinstance(value, Exception):
+                future.set_exception(value)
+                if cache_keys and not (
+                    policy if isinstance(policy, bool) else policy(value)
+                ):
+                    self._forget(cache_keys[i], future)
+            else:
+                future.set_result(value)
+
+    def _failed_dispatch(
+        self,
+        cache_keys: List[Hashable],
+        futures: List[asyncio.Future[V]],
+        error: Exception,
+    ) -> None:
+        """Reject every load of the batch and cache none of them.
+
+        The failure belongs to the batch, not to any key, so the next load of
+        any of these keys tries again.
+        """
+        self._stats.failed_batches += 1
+        for i, future in enumerate(futures):
+            if cache_keys:
+                self._forget(cache_keys[i], future)
+            if not future.done():
+                future.set_exception(error)
+
+    def _forget(self, cache_key: Hashable, future: asyncio.Future[V]) -> None:
+        # Only if the map still holds this future: a clear() and a new load
+        # may have replaced it, and the new one must stay.
+        if self._cache_map.get(cache_key) is future:
+            self._cache_map.delete(cache_key)
+
+
+def _is_hashable(value: object) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _copy_outcome(target: asyncio.Future[Any], source: asyncio.Future[Any]) -> None:
+    if target.done():
+        return
+    if source.cancelled():
+        target.cancel()
+        return
+    error = source.exception()
+    if error is not None:
+        target.set_exception(error)
+    else:
+        target.set_result(source.result())
+
+
+def _check_result(result: Any, keys: List[Any]) -> Sequence[Any]:
+    """Return the values aligned with *keys*, or raise a TypeError saying why not."""
+    if isinstance(result, Mapping):
+        get = result.get
+        try:
+            return [get(key) for key in keys]
+        except TypeError as error:
+            raise TypeError(
+                "The batch function returned a mapping, but the keys it was given "
+                f"are not hashable ({error}); return a list aligned with the keys "
+                "instead."
+            ) from None
+    if isinstance(result, (str, bytes)) or not isinstance(result, Iterable):
+        raise TypeError(
+            "DataLoader must be constructed with a function which accepts a list "
+            "of keys and returns an awaitable of a list of values of the same "
+            "length (or a mapping from key to value), but the function returned "
+            f"{_short.repr(result)} for keys {_short.repr(keys)}."
+        )
+    values = result if isinstance(result, Sequence) else list(result)
+    if len(values) != len(keys):
+        raise TypeError(
+            "DataLoader must be constructed with a function which accepts a list "
+            "of keys and returns an awaitable of a list of values of the same "
+            f"length as the list of keys, but it returned {len(values)} values "
+            f"for {len(keys)} keys.\n\nKeys:\n{_short.repr(keys)}\n\n"
+            f"Values:\n{_short.repr(values)}"
+        )
+    return values
