@@ -57,7 +57,7 @@ _Self = TypeVar("_Self", bound="DataLoader[Any, Any]")
 #: What a batch function returns: values aligned with the keys, or a mapping
 #: from key to value.  An ``Exception`` in place of a value rejects that key.
 BatchResult = Union[
-    Sequence[Union[V, BaseException]], Mapping[K, Union[V, BaseException]]
+    Mapping[K, Union[V, BaseException]], Sequence[Union[V, BaseException]]
 ]
 BatchLoadFn = Callable[[List[K]], Awaitable[BatchResult[K, V]]]
 
