@@ -1,0 +1,167 @@
+"""Optional OpenTelemetry spans: one per batch dispatch, one per Redis round trip.
+
+``pip install 'loadercache[otel]'`` and configure an OpenTelemetry SDK as
+usual; loadercache then reports
+
+* ``loadercache.batch`` around each call of a batch function, with the
+  attributes ``loadercache.loader`` (the loader's ``name``, when it has one)
+  and ``loadercache.batch_size`` (the keys the call received).  The span is
+  current while the batch function runs, so the spans of your database client
+  nest under it; a batch function that raises marks it as an error.
+* ``loadercache.redis.get_many`` and ``loadercache.redis.set_many`` around
+  each round trip of the Redis cache map, with the attribute
+  ``loadercache.keys``.
+
+Why this module costs nothing when OpenTelemetry is absent: nothing here
+imports ``opentelemetry`` until the first span is asked for (so ``import
+loadercache`` never pays for it, installed or not), and when the import fails
+every call returns :data:`NOOP_SPAN`, one shared object whose ``__enter__``
+and ``__exit__`` do nothing.  The loader calls :func:`batch_span` once per
+batch, never per ``load()``.
+
+:func:`batch_span` and :func:`redis_span` are what loadercache itself calls;
+:func:`set_tracer_provider` is for applications that do not use the global
+tracer provider.
+"""
+
+from __future__ import annotations
+
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ContextManager,
+    Dict,
+    Optional,
+    Protocol,
+    Union,
+)
+
+from loadercache._version import __version__
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
+
+__all__ = [
+    "NOOP_SPAN",
+    "SpanLike",
+    "batch_span",
+    "redis_span",
+    "set_tracer_provider",
+]
+
+AttributeValue = Union[str, bool, int, float]
+
+
+class SpanLike(Protocol):
+    """What a span context manager yields: an OpenTelemetry ``Span`` or the no-op.
+
+    >>> with batch_span("users", 2) as span:
+    ...     span.set_attribute("loadercache.remote_hits", 1)
+    """
+
+    def set_attribute(self, key: str, value: AttributeValue) -> None:
+        """Set one attribute on the span (nothing, on the no-op)."""
+        ...
+
+
+class _NoopSpan:
+    """A context manager and span that does nothing; see :data:`NOOP_SPAN`."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> _NoopSpan:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+    def set_attribute(self, key: str, value: AttributeValue) -> None:
+        return None
+
+    def __repr__(self) -> str:
+        return "NOOP_SPAN"
+
+
+NOOP_SPAN = _NoopSpan()
+"""The one context manager every span call returns when tracing is off.
+
+>>> batch_span("users", 2) is NOOP_SPAN  # without opentelemetry-api
+True
+"""
+
+# The tracer, resolved on the first span: _UNRESOLVED until then, None when
+# opentelemetry-api cannot be imported.
+_UNRESOLVED: Any = object()
+_tracer: Any = _UNRESOLVED
+_provider: Optional[TracerProvider] = None
+
+
+def set_tracer_provider(provider: Optional[TracerProvider]) -> None:
+    """Send loadercache's spans to *provider* instead of the global provider.
+
+    ``None`` goes back to the global provider (``opentelemetry.trace``'s).
+    Useful in tests and in applications that keep a provider per component.
+
+    >>> from opentelemetry.sdk.trace import TracerProvider
+    >>> set_tracer_provider(TracerProvider())
+    """
+    global _tracer, _provider
+    _provider = provider
+    _tracer = _UNRESOLVED
+
+
+def _resolve() -> Any:
+    global _tracer
+    try:
+        from opentelemetry import trace
+    except ImportError:
+        _tracer = None
+    else:
+        _tracer = trace.get_tracer(
+            "loadercache", __version__, tracer_provider=_provider
+        )
+    return _tracer
+
+
+def batch_span(loader_name: Optional[str], size: int) -> ContextManager[SpanLike]:
+    """A ``loadercache.batch`` span around one call of a batch function.
+
+    >>> with batch_span(loader.name, len(keys)):
+    ...     values = await batch_load_fn(keys)
+
+    *loader_name* becomes ``loadercache.loader`` (omitted when ``None``) and
+    *size* ``loadercache.batch_size``.  An exception leaving the block is
+    recorded on the span.  Returns :data:`NOOP_SPAN` without OpenTelemetry.
+    """
+    tracer = _tracer
+    if tracer is _UNRESOLVED:
+        tracer = _resolve()
+    if tracer is None:
+        return NOOP_SPAN
+    attributes: Dict[str, AttributeValue] = {"loadercache.batch_size": size}
+    if loader_name is not None:
+        attributes["loadercache.loader"] = loader_name
+    span: ContextManager[SpanLike] = tracer.start_as_current_span(
+        "loadercache.batch", attributes=attributes
+    )
+    return span
+
+
+def redis_span(operation: str, keys: int) -> ContextManager[SpanLike]:
+    """A ``loadercache.redis.<operation>`` span around one Redis round trip.
+
+    >>> with redis_span("get_many", len(cache_keys)):
+    ...     raw = await client.mget(redis_keys)
+
+    *operation* is ``"get_many"`` or ``"set_many"``; *keys* becomes
+    ``loadercache.keys``.  Returns :data:`NOOP_SPAN` without OpenTelemetry.
+    """
+    tracer = _tracer
+    if tracer is _UNRESOLVED:
+        tracer = _resolve()
+    if tracer is None:
+        return NOOP_SPAN
+    span: ContextManager[SpanLike] = tracer.start_as_current_span(
+        "loadercache.redis." + operation, attributes={"loadercache.keys": keys}
+    )
+    return span
