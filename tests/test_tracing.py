@@ -150,6 +150,34 @@ async def test_loader_failed_batch_span_is_marked_as_an_error(spans: Spans) -> N
     assert batch.status.status_code is StatusCode.ERROR
 
 
+async def test_redis_map_round_trips_are_traced(spans: Spans) -> None:
+    # The Redis map calls tracing.redis_span() around each read and write.
+    fakeredis = pytest.importorskip("fakeredis")
+    redis_backend = pytest.importorskip("loadercache.backends.redis")
+
+    async def fetch_users(ids: List[int]) -> List[str]:
+        return [f"user {i}" for i in ids]
+
+    store = redis_backend.RedisStore(fakeredis.FakeAsyncRedis())
+    cold = DataLoader(fetch_users, cache_map=store.cache_map("users"), name="users")
+    assert await cold.load_many([1, 2]) == ["user 1", "user 2"]
+    await store.flush()
+    warm = DataLoader(fetch_users, cache_map=store.cache_map("users"), name="users")
+    assert await warm.load_many([1, 2, 3]) == ["user 1", "user 2", "user 3"]
+    await store.aclose()
+
+    def keys(name: str) -> List[Any]:
+        return [(s.attributes or {})["loadercache.keys"] for s in spans.finished(name)]
+
+    assert keys("loadercache.redis.get_many") == [2, 3]
+    assert keys("loadercache.redis.set_many") == [2, 1]
+    sizes = [
+        (s.attributes or {})["loadercache.batch_size"]
+        for s in spans.finished("loadercache.batch")
+    ]
+    assert sizes == [2, 1]  # only the Redis misses reach the batch function
+
+
 # -- no cost when opentelemetry is absent ----------------------------------
 
 
