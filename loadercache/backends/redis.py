@@ -128,6 +128,7 @@ except ImportError as error:  # pragma: no cover - exercised without the extra
     ) from error
 
 from loadercache.cache import MISS, CacheMap, as_cache_map
+from loadercache.tracing import redis_span
 
 __all__ = ["RedisCacheMap", "RedisStore", "StoreStats"]
 
@@ -894,7 +895,8 @@ class RedisStore:
             pipe.get(namespace.gen_key)
             pipe.mget(rkeys)
             try:
-                results = await self._execute(pipe)
+                with redis_span("get_many", len(rkeys)):
+                    results = await self._execute(pipe)
             except BaseException:
                 namespace.restore(gen_token, dels, {})
                 self._dirty[namespace.name] = namespace
@@ -1019,9 +1021,10 @@ class RedisStore:
             namespace.inv_lane = lane
         try:
             try:
-                results, created, created_at = await self._write(
-                    namespace, gen_token, dels, sets
-                )
+                with redis_span("set_many", len(sets) + len(dels)):
+                    results, created, created_at = await self._write(
+                        namespace, gen_token, dels, sets
+                    )
             except Exception as error:
                 self._failed(error)
                 namespace.restore(gen_token, dels, sets)
