@@ -101,7 +101,7 @@ def loader_on(
     return DataLoader(batch_load, cache_map=store.cache_map(namespace), **options)
 
 
-# -- sharing and read-through ----------------------------------------------------
+# -- sharing and read-through -------------------------------------------------
 
 
 async def test_a_second_process_reads_what_the_first_loaded(env: Env) -> None:
@@ -189,7 +189,7 @@ async def test_the_local_map_can_be_any_cache_map(env: Env) -> None:
     assert loader.stats.remote_hits == 2
 
 
-# -- clear, prime, clear_all ---------------------------------------------------------
+# -- clear, prime, clear_all --------------------------------------------------
 
 
 async def test_clear_deletes_the_key_for_every_process(env: Env) -> None:
@@ -359,12 +359,8 @@ async def test_namespaces_never_share_values_or_clears(env: Env) -> None:
         await loader_on(store, batch_load, namespace).load_many(["x", "1:x"])
     await store.flush()
     other = env.store()
-    assert await loader_on(other, tenant1, "tenant:1:users").load("x") == (
-        "tenant1:x"
-    )
-    assert await loader_on(other, tenant2, "tenant:2:users").load("x") == (
-        "tenant2:x"
-    )
+    assert await loader_on(other, tenant1, "tenant:1:users").load("x") == ("tenant1:x")
+    assert await loader_on(other, tenant2, "tenant:2:users").load("x") == ("tenant2:x")
     loader_on(other, tenant1, "tenant:1:users").clear_all()
     loader_on(other, tenant2, "tenant:2:users").clear("1:x")
     await other.flush()
@@ -394,7 +390,7 @@ async def test_a_namespace_is_a_non_empty_str_without_braces(
         RedisCacheMap(store, namespace)
 
 
-# -- values -------------------------------------------------------------------------
+# -- values -------------------------------------------------------------------
 
 
 async def test_none_is_cached_with_the_negative_ttl(env: Env) -> None:
@@ -515,13 +511,13 @@ async def test_a_value_another_serializer_wrote_is_a_miss_and_overwritten(
     assert await loader_on(new, batch_load).load(1) == {"id": 1}
     await new.flush()
     assert new.stats.decode_errors == 1
-    assert await loader_on(env.store(serializer=OtherFormat()), batch_load).load(
-        1
-    ) == {"id": 1}
+    assert await loader_on(env.store(serializer=OtherFormat()), batch_load).load(1) == {
+        "id": 1
+    }
     assert calls == [[1], [1]]
 
 
-# -- keys -------------------------------------------------------------------------------
+# -- keys ---------------------------------------------------------------------
 
 DISTINCT_KEYS: List[Any] = [
     1,
@@ -613,7 +609,7 @@ async def test_cache_key_fn_maps_a_key_redis_cannot_hold(env: Env) -> None:
     assert calls == [[day]]
 
 
-# -- TTL, writes, flush ------------------------------------------------------------------
+# -- TTL, writes, flush -------------------------------------------------------
 
 
 async def test_ttl_with_jitter_spreads_expiries_below_the_ttl(env: Env) -> None:
@@ -704,7 +700,7 @@ async def test_store_stats_are_a_plain_snapshot(env: Env) -> None:
     }
 
 
-# -- construction --------------------------------------------------------------------------
+# -- construction -------------------------------------------------------------
 
 
 async def test_making_cache_maps_needs_no_server() -> None:
@@ -733,7 +729,7 @@ async def test_the_store_refuses_what_it_cannot_work_with(env: Env) -> None:
     with pytest.raises(TypeError, match="socket_timeout"):
         RedisStore(client, socket_timeout=1.0)
     await client.aclose()
-    with pytest.raises(TypeError, match="redis.asyncio.Redis"):
+    with pytest.raises(TypeError, match=r"redis\.asyncio\.Redis"):
         RedisStore(42)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="dumps"):
         RedisStore("redis://x", serializer=object())  # type: ignore[arg-type]
@@ -772,7 +768,7 @@ def test_importing_without_the_extra_names_the_install_command() -> None:
     assert "pip install 'loadercache[redis]'" in done.stdout
 
 
-# -- a Redis that answers wrongly ---------------------------------------------------------
+# -- a Redis that answers wrongly ---------------------------------------------
 
 
 class ShortPipeline:
