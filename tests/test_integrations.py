@@ -27,6 +27,14 @@ from loadercache import DataLoader
 from loadercache.integrations.asgi import LoadersMiddleware, Scope
 from loadercache.registry import Loaders, current_loaders, loader_property
 
+pytestmark = [
+    # Strawberry releases for Python 3.9 import `lia`, which warns that it has
+    # been renamed; nothing here uses it.
+    pytest.mark.filterwarnings(
+        "ignore:The 'lia' package has been renamed:DeprecationWarning"
+    ),
+]
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 FRAMEWORKS = ["graphql_core_app", "strawberry_app", "graphene_app", "ariadne_app"]
 

@@ -137,14 +137,18 @@ async def test_subclasses_inherit_declarations_and_may_be_dataclasses() -> None:
     assert list(loaders.created()) == ["notes", "doubled"]
 
 
-def test_loaders_can_be_built_with_no_event_loop_running() -> None:
-    loaders = ViewerLoaders("ann", [])
-    users = loaders.notes
+@pytest.fixture
+def built_without_a_loop() -> DataLoader[int, str]:
+    # A sync fixture runs with no event loop running.
+    with pytest.raises(RuntimeError):
+        asyncio.get_running_loop()
+    return ViewerLoaders("ann", []).notes
 
-    async def main() -> str:
-        return await users.load(1)
 
-    assert asyncio.run(main()) == "ann's note on 1"
+async def test_loaders_can_be_built_with_no_event_loop_running(
+    built_without_a_loop: DataLoader[int, str],
+) -> None:
+    assert await built_without_a_loop.load(1) == "ann's note on 1"
 
 
 def test_current_loaders_outside_a_request_says_how_to_set_one() -> None:
