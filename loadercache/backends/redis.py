@@ -100,6 +100,7 @@ import reprlib
 import time
 import uuid
 import weakref
+from collections import OrderedDict
 from collections.abc import Hashable, MutableMapping
 from dataclasses import asdict, dataclass
 from typing import (
@@ -149,6 +150,8 @@ _TOKEN = re.compile(rb"[0-9a-f]{16}")
 _MAX_PENDING_DELETES = 1000
 # Encoded keys remembered between get() and the dispatch that reads them.
 _MAX_ENCODED = 10_000
+# Namespaces whose state (the known generation) outlives their cache maps.
+_RECENT_NAMESPACES = 1024
 # Event-loop turns a background write waits before it takes the pending
 # operations; see _flusher.
 _FLUSH_DELAY_TURNS = 3
@@ -663,9 +666,13 @@ class RedisStore:
         self._gen_px: Optional[int] = None if ttl is None else int(2000 * longest)
         self._stats = StoreStats()
         self._breaker = _Breaker(repr(self), breaker_threshold, breaker_cooldown, timer)
+        # Every namespace a live cache map uses, and the most recent ones
+        # also after their maps are gone, so that the next request still knows
+        # the generation (a prime then costs one round trip, not two).
         self._namespaces: weakref.WeakValueDictionary[str, _Namespace] = (
             weakref.WeakValueDictionary()
         )
+        self._recent: OrderedDict[str, _Namespace] = OrderedDict()
         # Namespaces holding operations that could not be sent yet.
         self._dirty: Dict[str, _Namespace] = {}
         self._tasks: Set[asyncio.Task[None]] = set()
@@ -763,6 +770,11 @@ class RedisStore:
             )
             namespace = _Namespace(base, name)
             self._namespaces[name] = namespace
+        recent = self._recent
+        recent[name] = namespace
+        recent.move_to_end(name)
+        if len(recent) > _RECENT_NAMESPACES:
+            recent.popitem(last=False)
         return namespace
 
     def _entry(self, value: Any) -> Optional[Tuple[bytes, Optional[int]]]:
