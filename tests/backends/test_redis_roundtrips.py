@@ -1,0 +1,214 @@
+"""What the Redis cache map costs Redis, counted by the server itself.
+
+Each test starts its own redis-server, resets its statistics (CONFIG
+RESETSTAT) and reads INFO commandstats afterwards: no mocks.  A read round
+trip is one pipeline ``GET <generation>`` + ``MGET <keys>``, so ``mget``
+counts read round trips.  A write round trip is one pipeline of ``SET``s that
+ends with one ``PEXPIRE`` of the namespace's generation key (it keeps the
+generation alive as long as the values), so ``pexpire`` counts write round
+trips.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Iterator, List
+
+import pytest
+
+from loadercache import DataLoader
+from loadercache.backends.redis import RedisStore
+
+from ..redis_servers import RedisServer
+
+Calls = List[List[Any]]
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+def recorder(
+    compute: Callable[[Any], Any] = lambda key: {"id": key},
+) -> tuple[Callable[[List[Any]], Any], Calls]:
+    calls: Calls = []
+
+    async def batch_load(keys: List[Any]) -> List[Any]:
+        calls.append(list(keys))
+        return [compute(key) for key in keys]
+
+    return batch_load, calls
+
+
+N, B = 120, 6
+
+
+async def test_n_keys_over_b_concurrent_batches_cost_b_reads_and_at_most_b_writes(
+    server: RedisServer,
+) -> None:
+    batch_load, calls = recorder()
+    store = RedisStore(server.url)
+    server.reset_stats()
+    loader = DataLoader(
+        batch_load, max_batch_size=N // B, cache_map=store.cache_map("users")
+    )
+    assert await loader.load_many(range(N)) == [{"id": key} for key in range(N)]
+    await store.flush()
+    assert len(calls) == B
+    counted = server.command_calls()
+    writes = counted["pexpire"]
+    assert 1 <= writes <= B
+    # Every value once, plus at most one generation created per write.
+    assert N < counted["set"] <= N + writes
+    assert counted == {"get": B, "mget": B, "set": counted["set"], "pexpire": writes}
+    assert (store.stats.reads, store.stats.writes) == (B, writes)
+
+    # Another process, B batches again: B reads, all hits, nothing written.
+    server.reset_stats()
+    reader = RedisStore(server.url)
+    warm = DataLoader(
+        batch_load, max_batch_size=N // B, cache_map=reader.cache_map("users")
+    )
+    assert await warm.load_many(range(N)) == [{"id": key} for key in range(N)]
+    await reader.flush()
+    assert server.command_calls() == {"get": B, "mget": B}
+    assert len(calls) == B
+    await store.aclose()
+    await reader.aclose()
+
+
+async def test_n_keys_over_b_successive_batches_cost_b_reads_and_at_most_b_writes(
+    server: RedisServer,
+) -> None:
+    batch_load, calls = recorder()
+    store = RedisStore(server.url)
+    server.reset_stats()
+    loader = DataLoader(batch_load, cache_map=store.cache_map("users"))
+    size = N // B
+    for start in range(0, N, size):  # one batch per request step
+        keys = list(range(start, start + size))
+        assert await loader.load_many(keys) == [{"id": key} for key in keys]
+    await store.flush()
+    assert len(calls) == B
+    counted = server.command_calls()
+    writes = counted["pexpire"]
+    assert 1 <= writes <= B
+    assert N < counted["set"] <= N + writes
+    assert counted == {"get": B, "mget": B, "set": counted["set"], "pexpire": writes}
+    await store.aclose()
+
+
+async def test_clear_all_is_one_command_whatever_the_namespace_holds(
+    server: RedisServer,
+) -> None:
+    batch_load, calls = recorder()
+    store = RedisStore(server.url)
+    keys = list(range(1000))
+    await DataLoader(batch_load, cache_map=store.cache_map("users")).load_many(keys)
+    await DataLoader(batch_load, cache_map=store.cache_map("posts")).load_many([1])
+    await store.flush()
+    with server.client() as client:
+        size = client.dbsize()
+
+    server.reset_stats()
+    DataLoader(batch_load, cache_map=store.cache_map("users")).clear_all()
+    await store.flush()
+    assert server.command_calls() == {"set": 1}  # the new generation, nothing else
+    with server.client() as client:
+        assert client.dbsize() == size  # old values stay until overwritten/expired
+
+    # Another process: every key of the namespace is a miss, in one read; the
+    # other namespace is untouched.
+    reader = RedisStore(server.url)
+    calls.clear()
+    server.reset_stats()
+    users = DataLoader(batch_load, cache_map=reader.cache_map("users"))
+    assert await users.load_many(keys) == [{"id": key} for key in keys]
+    posts = DataLoader(batch_load, cache_map=reader.cache_map("posts"))
+    assert await posts.load(1) == {"id": 1}
+    assert calls == [keys]
+    assert server.command_calls()["mget"] == 2
+    await store.aclose()
+    await reader.aclose()
+
+
+async def test_clear_then_load_in_one_tick_is_one_round_trip(
+    server: RedisServer,
+) -> None:
+    db = {1: "old"}
+    batch_load, calls = recorder(db.__getitem__)
+    store = RedisStore(server.url)
+    loader = DataLoader(batch_load, cache_map=store.cache_map("users"))
+    assert await loader.load(1) == "old"
+    await store.flush()
+    db[1] = "new"
+
+    server.reset_stats()
+    before = store.stats
+    assert await loader.clear(1).load(1) == "new"
+    await store.flush()
+    after = store.stats
+    # The delete travelled in the read's pipeline, ahead of the MGET: one
+    # read round trip, and one write round trip for the fresh value.
+    assert (after.reads - before.reads, after.writes - before.writes) == (1, 1)
+    assert server.command_calls() == {
+        "del": 1,
+        "get": 1,
+        "mget": 1,
+        "set": 1,
+        "pexpire": 1,
+    }
+    assert calls == [[1], [1]]
+    await store.aclose()
+
+
+async def test_a_prime_is_one_write_or_two_round_trips_in_a_new_process(
+    server: RedisServer,
+) -> None:
+    batch_load, _ = recorder()
+    store = RedisStore(server.url)
+    await DataLoader(batch_load, cache_map=store.cache_map("users")).load(1)
+    await store.flush()
+
+    # A process that has read the namespace knows its generation.
+    server.reset_stats()
+    DataLoader(batch_load, cache_map=store.cache_map("users")).prime(2, "two")
+    await store.flush()
+    assert server.command_calls() == {"set": 1, "pexpire": 1}
+
+    # A new process first reads the generation: two round trips.
+    fresh = RedisStore(server.url)
+    server.reset_stats()
+    DataLoader(batch_load, cache_map=fresh.cache_map("users")).prime(3, "three")
+    await fresh.flush()
+    assert server.command_calls() == {"get": 1, "set": 1, "pexpire": 1}
+    assert fresh.stats.writes == 1
+    await store.aclose()
+    await fresh.aclose()
+
+
+async def test_cache_false_and_local_hits_cost_nothing(server: RedisServer) -> None:
+    batch_load, _ = recorder()
+    store = RedisStore(server.url)
+    server.reset_stats()
+    uncached = DataLoader(batch_load, cache=False, cache_map=store.cache_map("users"))
+    await uncached.load_many([1, 2, 3])
+    uncached.prime(1, "x").clear(2).clear_all()
+    await store.flush()
+    assert server.command_calls() == {}
+
+    cached = DataLoader(batch_load, cache_map=store.cache_map("users"))
+    await cached.load_many([1, 2])
+    await store.flush()
+    server.reset_stats()
+    for _ in range(10):
+        await cached.load_many([1, 2])  # held by the request's own map
+    await store.flush()
+    assert server.command_calls() == {}
+    await store.aclose()
