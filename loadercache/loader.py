@@ -506,16 +506,19 @@ class DataLoader(Generic[K, V]):
         except BaseException as error:
             # Cancelled, KeyboardInterrupt, SystemExit: still settle every
             # load, or its callers would wait forever.
-            self._failed_dispatch(
-                cache_keys,
-                futures,
-                RuntimeError(
-                    f"The batch function of {self!r} was interrupted by "
-                    f"{type(error).__name__} before it returned; keys: "
-                    f"{_short.repr(keys)}."
-                ),
+            interrupted = RuntimeError(
+                f"The batch function of {self!r} was interrupted by "
+                f"{type(error).__name__} before it returned; keys: "
+                f"{_short.repr(keys)}."
             )
-            raise
+            interrupted.__cause__ = error
+            self._failed_dispatch(cache_keys, futures, interrupted)
+            if isinstance(error, _PROPAGATE):
+                raise
+            # Nobody awaits this task: any other BaseException would surface
+            # only as 'Task exception was never retrieved' when it is garbage
+            # collected.  Every load of the batch carries it as __cause__.
+            return
         try:
             if self._remote is not None:
                 await self._write_back(self._remote, cache_keys, values)
@@ -643,6 +646,11 @@ class DataLoader(Generic[K, V]):
         # may have replaced it, and the new one must stay.
         if self._cache_map.get(cache_key) is future:
             self._cache_map.delete(cache_key)
+
+
+# Exceptions a batch task must let through once its loads are settled:
+# cancellation, and the ones asyncio itself re-raises out of the event loop.
+_PROPAGATE = (asyncio.CancelledError, KeyboardInterrupt, SystemExit, GeneratorExit)
 
 
 def _is_hashable(value: object) -> bool:
