@@ -607,7 +607,6 @@ class DataLoader(Generic[K, V]):
         futures: List[asyncio.Future[V]],
         values: Sequence[Any],
     ) -> None:
-        policy = self._cache_exceptions
         for i, (future, value) in enumerate(zip(futures, values)):
             if future.done():
                 # Cancelled by its caller while the batch ran.
@@ -616,12 +615,25 @@ class DataLoader(Generic[K, V]):
                 continue
             if isinstance(value, Exception):
                 future.set_exception(value)
-                if cache_keys and not (
-                    policy if isinstance(policy, bool) else policy(value)
-                ):
+                if cache_keys and not self._caches(value):
                     self._forget(cache_keys[i], future)
             else:
                 future.set_result(value)
+
+    def _caches(self, error: Exception) -> bool:
+        """Apply the cache_exceptions policy to a per-key exception."""
+        policy = self._cache_exceptions
+        if isinstance(policy, bool):
+            return policy
+        try:
+            return bool(policy(error))
+        except Exception:
+            # A broken predicate must not leave the rest of the batch
+            # unsettled; not caching is the choice that heals itself.
+            logger.exception(
+                "%r: cache_exceptions raised for %r; not caching it", self, error
+            )
+            return False
 
     def _failed_dispatch(
         self,
