@@ -453,12 +453,16 @@ class DataLoader(Generic[K, V]):
             or batch.closed
             or (limit is not None and len(batch.keys) >= limit)
         ):
-            batch = self._batch = _Batch()
+            batch = _Batch()
             callback = functools.partial(self._dispatch_batch, batch)
             if self._schedule is None:
                 loop.call_soon(callback)
             else:
                 self._schedule(callback)
+            # Only a batch whose dispatch is scheduled may collect loads: if
+            # batch_schedule_fn raised, later loads would join it and wait
+            # forever.
+            self._batch = batch
         batch.keys.append(key)
         batch.futures.append(future)
         if self.cache:
