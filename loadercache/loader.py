@@ -678,12 +678,16 @@ def _is_hashable(value: object) -> bool:
 
 
 def _copy_outcome(target: asyncio.Future[Any], source: asyncio.Future[Any]) -> None:
+    if source.cancelled():
+        if not target.done():
+            target.cancel()
+        return
+    # Read the exception even when the target is gone: the source may be a
+    # reload that only this relay holds, and asyncio would report its
+    # exception as never retrieved.
+    error = source.exception()
     if target.done():
         return
-    if source.cancelled():
-        target.cancel()
-        return
-    error = source.exception()
     if error is not None:
         target.set_exception(error)
     else:
