@@ -240,7 +240,11 @@ class DataLoader(Generic[K, V]):
 
     def __repr__(self) -> str:
         name = f" {self.name!r}" if self.name else ""
-        return f"<{type(self).__name__}{name} cache_map={self._cache_map!r}>"
+        # The map's type, not its repr: that lists every cached future, and
+        # this repr goes into error messages and log records.
+        return (
+            f"<{type(self).__name__}{name} cache_map={type(self._cache_map).__name__}>"
+        )
 
     @property
     def cache_map(self) -> CacheMap[Any, V]:
