@@ -1,0 +1,310 @@
+"""The CacheMap protocol, the MutableMapping adapter and the RemoteTier seam."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Dict, Hashable, List, Optional, Sequence, Tuple
+
+import cachetools
+import pytest
+
+from loadercache import (
+    MISS,
+    CacheMap,
+    DataLoader,
+    MutableMappingCacheMap,
+    RemoteTier,
+)
+from loadercache.backends import DictCacheMap, LRUCacheMap, TTLCacheMap
+from loadercache.cache import as_cache_map
+
+from .conftest import CacheMapFactory
+
+Calls = List[List[Any]]
+
+
+def identity_loader(**options: Any) -> Tuple[DataLoader[Any, Any], Calls]:
+    calls: Calls = []
+
+    async def batch_load(keys: List[Any]) -> List[Any]:
+        calls.append(list(keys))
+        return [ValueError(key) if key == "bad" else f"v{key}" for key in keys]
+
+    return DataLoader(batch_load, **options), calls
+
+
+class RecordingMap:
+    """A CacheMap that is not a mapping, recording what the loader asks of it."""
+
+    def __init__(self) -> None:
+        self.futures: Dict[Hashable, asyncio.Future[Any]] = {}
+        self.log: List[Tuple[Any, ...]] = []
+
+    def get(self, key: Hashable) -> Optional[asyncio.Future[Any]]:
+        self.log.append(("get", key))
+        return self.futures.get(key)
+
+    def set(self, key: Hashable, value: asyncio.Future[Any]) -> None:
+        self.log.append(("set", key))
+        self.futures[key] = value
+
+    def delete(self, key: Hashable) -> None:
+        self.log.append(("delete", key))
+        self.futures.pop(key, None)
+
+    def clear(self) -> None:
+        self.log.append(("clear",))
+        self.futures.clear()
+
+
+class FakeRemote(RecordingMap):
+    """A cache map with a remote tier: a dict standing in for Redis."""
+
+    def __init__(self, store: Optional[Dict[Hashable, Any]] = None) -> None:
+        super().__init__()
+        self.store: Dict[Hashable, Any] = dict(store or {})
+        self.get_many_calls: List[List[Hashable]] = []
+        self.set_many_calls: List[List[Tuple[Hashable, Any]]] = []
+        self.read_error: Optional[Exception] = None
+        self.write_error: Optional[Exception] = None
+        self.answer_short = False
+
+    async def get_many(self, keys: Sequence[Hashable]) -> Sequence[Any]:
+        self.get_many_calls.append(list(keys))
+        await asyncio.sleep(0)
+        if self.read_error is not None:
+            raise self.read_error
+        found = [self.store.get(key, MISS) for key in keys]
+        return found[:-1] if self.answer_short else found
+
+    async def set_many(self, items: Sequence[Tuple[Hashable, Any]]) -> None:
+        self.set_many_calls.append(list(items))
+        await asyncio.sleep(0)
+        if self.write_error is not None:
+            raise self.write_error
+        self.store.update(items)
+
+
+# -- the protocol ------------------------------------------------------------
+
+
+def test_every_backend_is_a_cache_map(cache_map_factory: CacheMapFactory) -> None:
+    assert isinstance(cache_map_factory(), CacheMap)
+
+
+def test_protocol_check_needs_all_four_methods() -> None:
+    assert isinstance(RecordingMap(), CacheMap)
+    assert isinstance(FakeRemote(), CacheMap)
+    assert isinstance(FakeRemote(), RemoteTier)
+    assert not isinstance(RecordingMap(), RemoteTier)
+    assert not isinstance({}, CacheMap)  # no set or delete
+    assert not isinstance(object(), CacheMap)
+
+
+def test_as_cache_map_returns_a_cache_map_unchanged() -> None:
+    cache_map = RecordingMap()
+    assert as_cache_map(cache_map) is cache_map
+
+
+@pytest.mark.parametrize(
+    "mapping",
+    [{}, cachetools.LRUCache(maxsize=4)],
+    ids=["dict", "cachetools"],
+)
+def test_as_cache_map_adapts_a_mutable_mapping(mapping: Any) -> None:
+    adapted = as_cache_map(mapping)
+    assert isinstance(adapted, MutableMappingCacheMap)
+    assert isinstance(adapted, CacheMap)
+    assert adapted.get("a") is None
+    adapted.delete("absent")
+
+
+class OnlyGet:
+    def get(self, key: Any) -> None:
+        return None
+
+
+@pytest.mark.parametrize(
+    ("cache_map", "message"),
+    [
+        (OnlyGet(), "OnlyGet lacks set, delete, clear"),
+        (object(), "object lacks get, set, delete, clear"),
+        ([], "list lacks get, set, delete"),
+    ],
+    ids=["get only", "object", "list"],
+)
+def test_as_cache_map_names_the_missing_methods(cache_map: Any, message: str) -> None:
+    with pytest.raises(TypeError, match="CacheMap protocol") as raised:
+        as_cache_map(cache_map)
+    assert message in str(raised.value)
+
+
+async def test_loader_keeps_its_futures_in_a_dict_it_is_given() -> None:
+    mapping: Dict[Any, Any] = {}
+    loader, calls = identity_loader(cache_map=mapping)
+    assert await loader.load(1) == "v1"
+    assert list(mapping) == [1]
+    assert mapping[1].result() == "v1"
+    mapping.clear()
+    assert await loader.load(1) == "v1"
+    assert calls == [[1], [1]]
+
+
+async def test_loader_over_a_cachetools_cache_reloads_evicted_keys() -> None:
+    loader, calls = identity_loader(cache_map=cachetools.LRUCache(maxsize=2))
+    await loader.load_many([1, 2, 3])
+    assert await loader.load_many([3, 2]) == ["v3", "v2"]
+    assert await loader.load(1) == "v1"
+    assert calls == [[1, 2, 3], [1]]
+
+
+async def test_loader_uses_only_the_protocol_methods() -> None:
+    cache_map = RecordingMap()
+    loader, calls = identity_loader(cache_map=cache_map)
+    assert loader.cache_map is cache_map
+    await loader.load(1)
+    await loader.load(1)
+    loader.clear(1).prime(2, "two").clear_all()
+    kinds = {entry[0] for entry in cache_map.log}
+    assert kinds <= {"get", "set", "delete", "clear"}
+    assert ("set", 1) in cache_map.log
+    assert ("delete", 1) in cache_map.log
+    assert cache_map.log[-1] == ("clear",)
+    assert calls == [[1]]
+
+
+# -- the remote tier ---------------------------------------------------------
+
+
+async def test_remote_hits_skip_the_batch_function() -> None:
+    remote = FakeRemote({1: "remote1", 3: "remote3"})
+    loader, calls = identity_loader(cache_map=remote)
+    assert await loader.load_many([1, 2, 3, 4]) == ["remote1", "v2", "remote3", "v4"]
+    assert remote.get_many_calls == [[1, 2, 3, 4]]
+    assert calls == [[2, 4]]
+    stats = loader.stats
+    assert (stats.remote_hits, stats.remote_misses, stats.batches) == (2, 2, 1)
+    # The hits now sit in the local map: no second round trip.
+    assert await loader.load_many([1, 2, 3, 4]) == ["remote1", "v2", "remote3", "v4"]
+    assert len(remote.get_many_calls) == 1
+
+
+async def test_all_hits_do_not_call_the_batch_function() -> None:
+    remote = FakeRemote({1: "remote1", 2: "remote2"})
+    loader, calls = identity_loader(cache_map=remote)
+    assert await loader.load_many([1, 2]) == ["remote1", "remote2"]
+    assert calls == []
+    assert remote.set_many_calls == []
+    assert loader.stats.batches == 0
+
+
+async def test_one_get_many_per_batch() -> None:
+    remote = FakeRemote()
+    loader, calls = identity_loader(cache_map=remote, max_batch_size=2)
+    await loader.load_many([1, 2, 3])
+    await loader.load(4)
+    assert remote.get_many_calls == [[1, 2], [3], [4]]
+    assert calls == [[1, 2], [3], [4]]
+
+
+async def test_set_many_receives_only_fresh_values_never_exceptions() -> None:
+    remote = FakeRemote({"cached": "remote"})
+    loader, calls = identity_loader(cache_map=remote)
+    results = await loader.load_many(
+        ["cached", "a", "bad", "b"], return_exceptions=True
+    )
+    assert results[0] == "remote" and results[1] == "va" and results[3] == "vb"
+    assert isinstance(results[2], ValueError)
+    assert remote.set_many_calls == [[("a", "va"), ("b", "vb")]]
+    assert calls == [["a", "bad", "b"]]
+
+
+async def test_only_exceptions_write_nothing() -> None:
+    remote = FakeRemote()
+    loader, _ = identity_loader(cache_map=remote)
+    with pytest.raises(ValueError):
+        await loader.load("bad")
+    assert remote.set_many_calls == []
+
+
+def _break_read(remote: FakeRemote) -> None:
+    remote.read_error = ConnectionError("redis is down")
+
+
+def _answer_short(remote: FakeRemote) -> None:
+    remote.answer_short = True
+
+
+@pytest.mark.parametrize(
+    ("breakage", "logged"),
+    [(_break_read, "redis is down"), (_answer_short, "answered 2 values for 3 keys")],
+    ids=["raises", "wrong length"],
+)
+async def test_broken_remote_read_is_a_miss_not_a_failure(
+    caplog: pytest.LogCaptureFixture, breakage: Any, logged: str
+) -> None:
+    remote = FakeRemote({1: "remote1"})
+    breakage(remote)
+    loader, calls = identity_loader(cache_map=remote, name="users")
+    with caplog.at_level(logging.WARNING, logger="loadercache"):
+        assert await loader.load_many([1, 2, 3]) == ["v1", "v2", "v3"]
+    assert calls == [[1, 2, 3]]
+    stats = loader.stats
+    assert (stats.remote_errors, stats.remote_hits, stats.remote_misses) == (1, 0, 3)
+    records = [record for record in caplog.records if record.name == "loadercache"]
+    assert len(records) == 1
+    assert records[0].levelno == logging.WARNING
+    assert logged in records[0].getMessage()
+    assert "'users'" in records[0].getMessage()
+
+
+async def test_broken_remote_write_is_logged_not_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    remote = FakeRemote()
+    remote.write_error = ConnectionError("redis is down")
+    loader, calls = identity_loader(cache_map=remote)
+    with caplog.at_level(logging.WARNING, logger="loadercache"):
+        assert await loader.load_many([1, 2]) == ["v1", "v2"]
+    assert loader.stats.remote_errors == 1
+    assert any("write failed" in record.getMessage() for record in caplog.records)
+    assert await loader.load(1) == "v1"
+    assert calls == [[1, 2]]
+
+
+async def test_cache_false_never_calls_the_remote_tier() -> None:
+    remote = FakeRemote({1: "remote1"})
+    loader, calls = identity_loader(cache_map=remote, cache=False)
+    assert await loader.load_many([1, 2, 1]) == ["v1", "v2", "v1"]
+    loader.prime(3, "three").clear(1).clear_all()
+    assert remote.get_many_calls == []
+    assert remote.set_many_calls == []
+    assert remote.log == []
+    assert calls == [[1, 2, 1]]
+
+
+async def test_remote_hit_for_a_load_cancelled_during_the_read_is_not_set() -> None:
+    remote = FakeRemote({1: "remote1", 2: "remote2"})
+    loader, calls = identity_loader(cache_map=remote)
+    cancelled, kept = loader.load(1), loader.load(2)
+    while not remote.get_many_calls:
+        await asyncio.sleep(0)
+    cancelled.cancel()
+    assert await asyncio.wait_for(kept, 1) == "remote2"
+    assert cancelled.cancelled()
+    assert await loader.load(1) == "remote1"
+    assert calls == []
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [DictCacheMap, lambda: LRUCacheMap(8), lambda: TTLCacheMap(8, ttl=60)],
+    ids=["dict", "lru", "ttl"],
+)
+async def test_local_backends_have_no_remote_tier(backend: Any) -> None:
+    cache_map = backend()
+    assert not isinstance(cache_map, RemoteTier)
+    loader, _ = identity_loader(cache_map=cache_map)
+    assert await loader.load(1) == "v1"
+    assert loader.stats.remote_misses == 0
