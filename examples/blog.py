@@ -64,7 +64,7 @@ class Comment:
 
 
 class Blog:
-    """An in-memory SQLite blog that counts the queries it runs."""
+    """An in-memory SQLite blog that counts the queries it runs; a context manager."""
 
     def __init__(
         self, posts: int = 10, comments_per_post: int = 3, users: int = 50
@@ -107,6 +107,15 @@ class Blog:
                 if (u + p) % 3 == 0
             ],
         )
+
+    def __enter__(self) -> Blog:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.db.close()
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> List[Any]:
         self.queries += 1

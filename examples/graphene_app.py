@@ -65,10 +65,10 @@ schema = graphene.Schema(query=Query)
 
 async def run(batching: bool = True) -> Tuple[Dict[str, Any], int]:
     """Serve one request for QUERY; return its data and the queries it cost."""
-    blog = Blog()
-    result = await schema.execute_async(
-        QUERY, context_value={"loaders": BlogLoaders(blog, batching=batching)}
-    )
+    with Blog() as blog:
+        result = await schema.execute_async(
+            QUERY, context_value={"loaders": BlogLoaders(blog, batching=batching)}
+        )
     assert result.errors is None, result.errors
     assert result.data is not None
     return result.data, blog.queries

@@ -64,8 +64,7 @@ schema = GraphQLSchema(
 
 async def run(batching: bool = True) -> Tuple[Dict[str, Any], int]:
     """Serve one request for QUERY; return its data and the queries it cost."""
-    blog = Blog()
-    with use_loaders(BlogLoaders(blog, batching=batching)):
+    with Blog() as blog, use_loaders(BlogLoaders(blog, batching=batching)):
         result = await graphql(schema, QUERY)
     assert result.errors is None, result.errors
     assert result.data is not None

@@ -75,12 +75,12 @@ def make_app(blog: Blog) -> Starlette:
 
 async def run(viewers: Tuple[int, ...] = (1, 2)) -> Tuple[List[Any], int]:
     """Serve one request per viewer, concurrently; return the bodies and queries."""
-    blog = Blog()
-    transport = httpx.ASGITransport(app=make_app(blog))
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-        responses = await asyncio.gather(
-            *(client.get("/posts", headers={"x-user-id": str(v)}) for v in viewers)
-        )
+    with Blog() as blog:
+        asgi = httpx.ASGITransport(app=make_app(blog))
+        async with httpx.AsyncClient(transport=asgi, base_url="http://test") as client:
+            responses = await asyncio.gather(
+                *(client.get("/posts", headers={"x-user-id": str(v)}) for v in viewers)
+            )
     return [response.json() for response in responses], blog.queries
 
 

@@ -98,11 +98,10 @@ class BlogGraphQL(GraphQL):
 
 async def run(batching: bool = True) -> Tuple[Dict[str, Any], int]:
     """Serve one HTTP request for QUERY; return its data and the queries it cost."""
-    blog = Blog()
-    app = BlogGraphQL(blog, batching=batching)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-        response = await client.post("/", json={"query": QUERY})
+    with Blog() as blog:
+        asgi = httpx.ASGITransport(app=BlogGraphQL(blog, batching=batching))
+        async with httpx.AsyncClient(transport=asgi, base_url="http://test") as client:
+            response = await client.post("/", json={"query": QUERY})
     body = response.json()
     assert "errors" not in body, body
     return body["data"], blog.queries
