@@ -10,9 +10,10 @@ from typing import Any, Awaitable, Callable, MutableMapping
 
 from loadercache.registry import Loaders, use_loaders
 
-__all__ = ["LoadersMiddleware"]
+__all__ = ["LoadersMiddleware", "Scope"]
 
 Scope = MutableMapping[str, Any]
+"""An ASGI connection scope, as the middleware's *factory* receives it."""
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
