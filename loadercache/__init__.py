@@ -8,6 +8,7 @@
 from loadercache._version import __version__
 from loadercache.cache import MISS, CacheMap, MutableMappingCacheMap, RemoteTier
 from loadercache.loader import BatchLoadFn, DataLoader
+from loadercache.registry import Loaders, current_loaders, loader_property, use_loaders
 from loadercache.stats import LoaderStats
 
 __all__ = [
@@ -16,7 +17,11 @@ __all__ = [
     "CacheMap",
     "DataLoader",
     "LoaderStats",
+    "Loaders",
     "MutableMappingCacheMap",
     "RemoteTier",
     "__version__",
+    "current_loaders",
+    "loader_property",
+    "use_loaders",
 ]
