@@ -16,6 +16,8 @@ import pytest
 
 from loadercache.backends import DictCacheMap, LRUCacheMap, TTLCacheMap
 
+from .redis_servers import fakeredis_cache_map, real_redis_cache_map
+
 CacheMapFactory = Callable[[], Any]
 
 #: The backends every general behaviour test runs against, as (id, factory).
@@ -23,6 +25,9 @@ BACKENDS: List[Tuple[str, CacheMapFactory]] = [
     ("dict", DictCacheMap),
     ("lru", lambda: LRUCacheMap(maxsize=10_000)),
     ("ttl", lambda: TTLCacheMap(maxsize=10_000, ttl=3600)),
+    # Redis maps: over fakeredis, and over REDIS_URL (skipped if unreachable).
+    ("redis-fake", fakeredis_cache_map),
+    ("redis-real", real_redis_cache_map),
 ]
 
 
