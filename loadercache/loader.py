@@ -47,6 +47,7 @@ from typing import (
 
 from loadercache.cache import MISS, CacheMap, RemoteTier, as_cache_map
 from loadercache.stats import LoaderStats
+from loadercache.tracing import batch_span
 
 __all__ = ["BatchLoadFn", "DataLoader"]
 
@@ -506,8 +507,10 @@ class DataLoader(Generic[K, V]):
             stats.batched_keys += len(keys)
             if len(keys) > stats.max_batch:
                 stats.max_batch = len(keys)
-            result = await self._batch_load_fn(list(keys))
-            values = _check_result(result, keys)
+            with batch_span(self.name, len(keys)):
+                result = await self._batch_load_fn(list(keys))
+                # Inside the span: a result breaking the contract is its error.
+                values = _check_result(result, keys)
         except Exception as error:
             self._failed_dispatch(cache_keys, futures, error)
             return
