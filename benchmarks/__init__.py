@@ -1,0 +1,1 @@
+"""loadercache's benchmark suite: ``python -m benchmarks`` (see README.md here)."""

@@ -1,0 +1,418 @@
+"""Scenario 9: the Redis cache map against hand-written redis-py, on a real server.
+
+* 9a, warm reads: every key is in Redis; each request is a fresh loader over a
+  fresh ``store.cache_map(ns)`` loading ``redis_batch`` keys in one tick, so
+  every load goes to Redis.  The baseline is what one would write by hand for
+  the same keys: one ``MGET`` and a msgpack decode of each value.
+* 9b, cold loads: no key is in Redis; the loader reads (all misses), calls the
+  batch function and writes the values back (in the background, awaited with
+  ``store.flush()`` inside the timing).  The baseline: ``MGET``, the batch
+  function, one pipelined ``SET ... PX`` per value.
+
+Round trips are counted twice.  At the client, a connection class counts every
+``send_packed_command`` (one per command or pipeline), split into reads (those
+carrying an ``MGET``) and writes.  At the server, a ``MONITOR`` connection
+counts the commands that touch this run's keys (their random prefix makes
+them ours on a shared server), once per scenario, outside the timed rounds.
+
+The server is ``REDIS_URL`` (default ``redis://127.0.0.1:6379/0``).  Without
+the Redis backend, redis-py or a server, the scenario is skipped with a note;
+with ``LOADERCACHE_REQUIRE_REDIS=1`` the skip fails the run instead.  Keys
+live under a random prefix with a 10-minute TTL, are never listed outside
+that prefix, and are deleted at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from time import perf_counter
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
+
+from benchmarks.contenders import BatchCounter, batch_fn
+from benchmarks.scenarios import Entry, Sample, Scenario, Sizes
+
+__all__ = ["REDIS_URL", "REQUIRE_REDIS", "scenarios", "unavailable"]
+
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+REQUIRE_REDIS = os.environ.get("LOADERCACHE_REQUIRE_REDIS") == "1"
+
+SUBJECT = "loadercache[RedisCacheMap]"
+RAW_WARM = "redis-py MGET+msgpack"
+RAW_COLD = "redis-py MGET+SET pipeline"
+TTL = 600.0
+# The store's value layout (see loadercache.backends.redis and .serializers):
+# a 16-byte generation token, a format-version byte, then msgpack.
+_HEADER = 17
+
+
+def unavailable() -> Optional[str]:
+    """Why scenario 9 cannot run here, or None if it can."""
+    try:
+        import msgpack  # type: ignore[import-untyped, unused-ignore]  # noqa: F401
+        import redis
+
+        import loadercache.backends.redis  # noqa: F401
+    except ImportError as error:
+        return f"{error.name or error} cannot be imported ({error})"
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=1.0)
+    try:
+        client.ping()
+    except redis.RedisError as error:
+        return f"no Redis server answers at {REDIS_URL} ({error})"
+    finally:
+        client.close()
+    return None
+
+
+# -- counting round trips ------------------------------------------------------
+
+_sent: Counter[str] = Counter()
+
+
+def _client() -> Any:
+    """A redis.asyncio client whose connections count what they send."""
+    import redis.asyncio
+
+    class CountingConnection(redis.asyncio.Connection):
+        handshaking = False
+
+        async def on_connect_check_health(self, check_health: bool = True) -> None:
+            # HELLO and CLIENT SETINFO are the connection's, not the cache's.
+            self.handshaking = True
+            _sent["connections"] += 1
+            try:
+                await super().on_connect_check_health(check_health=check_health)
+            finally:
+                self.handshaking = False
+
+        async def send_packed_command(
+            self, command: Any, check_health: bool = True
+        ) -> None:
+            if not self.handshaking:
+                data = (
+                    command
+                    if isinstance(command, bytes)
+                    else b"".join(
+                        part if isinstance(part, bytes) else part.encode()
+                        for part in ([command] if isinstance(command, str) else command)
+                    )
+                )
+                _sent["read" if b"\r\nMGET\r\n" in data else "write"] += 1
+            await super().send_packed_command(command, check_health)
+
+    pool = redis.asyncio.ConnectionPool.from_url(
+        REDIS_URL, connection_class=CountingConnection
+    )
+    return redis.asyncio.Redis(connection_pool=pool)
+
+
+async def _close(client: Any) -> None:
+    await client.aclose()
+    await client.connection_pool.disconnect()
+
+
+@dataclass
+class _Run:
+    """What the entries of one scenario 9 share: prefix, keys, server counts."""
+
+    sizes: Sizes
+    prefix: str = field(default_factory=lambda: f"lcbench-{uuid.uuid4().hex[:12]}")
+    server: Dict[str, Dict[str, float]] = field(default_factory=dict)
+    runs: int = 0
+
+    @property
+    def chunks(self) -> List[List[int]]:
+        n, size = self.sizes.redis_keys, self.sizes.redis_batch
+        return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
+
+    def store(self, client: Any) -> Any:
+        from loadercache.backends.redis import RedisStore
+
+        return RedisStore(client, prefix=self.prefix, ttl=TTL)
+
+    def fresh_namespace(self) -> str:
+        self.runs += 1
+        return f"cold-{self.runs}"
+
+
+async def _through_loader(run: _Run, store: Any, namespace: str, fn: Any) -> None:
+    """Every chunk as one request: a fresh loader and cache map, one tick."""
+    from loadercache import DataLoader
+
+    for chunk in run.chunks:
+        loader: DataLoader[int, Any] = DataLoader(
+            fn, cache_map=store.cache_map(namespace)
+        )
+        futures = [loader.load(key) for key in chunk]
+        for future in futures:
+            await future
+
+
+# -- 9a: warm reads -------------------------------------------------------------
+
+
+async def _populate(run: _Run) -> None:
+    from loadercache import DataLoader
+
+    client = _client()
+    try:
+        store = run.store(client)
+        # One batch, so one write-back round trip and one generation for all.
+        loader: DataLoader[int, Any] = DataLoader(
+            batch_fn(BatchCounter()), cache_map=store.cache_map("warm")
+        )
+        await loader.load_many(range(run.sizes.redis_keys))
+        await store.flush()
+        counter = BatchCounter()
+        run.server["warm"] = await _server_counts(
+            run, lambda: _through_loader(run, store, "warm", batch_fn(counter))
+        )
+        assert counter.calls == 0, "a key written back could not be read"
+    finally:
+        await _close(client)
+
+
+async def _warm_loadercache(run: _Run) -> Sample:
+    client = _client()
+    try:
+        store = run.store(client)
+        await client.ping()
+        counter = BatchCounter()
+        _sent.clear()
+        start = perf_counter()
+        await _through_loader(run, store, "warm", batch_fn(counter))
+        seconds = perf_counter() - start
+        assert counter.calls == 0, "a warm key reached the batch function"
+        batches = len(run.chunks)
+        return Sample(
+            seconds,
+            run.sizes.redis_keys,
+            extra={
+                "round trips/batch": (_sent["read"] + _sent["write"]) / batches,
+                **run.server.get("warm", {}),
+            },
+        )
+    finally:
+        await _close(client)
+
+
+async def _warm_raw(run: _Run) -> Sample:
+    import msgpack  # type: ignore[import-untyped, unused-ignore]
+
+    client = _client()
+    try:
+        base = run.store(client).redis_key("warm", 0)[:-1]  # ...:i:
+        await client.ping()
+        unpackb = msgpack.unpackb
+        _sent.clear()
+        start = perf_counter()
+        for chunk in run.chunks:
+            raws = await client.mget([base + b"%d" % key for key in chunk])
+            values = [unpackb(raw[_HEADER:]) for raw in raws]
+        seconds = perf_counter() - start
+        assert values == run.chunks[-1]
+        round_trips = _sent["read"] + _sent["write"]
+        return Sample(
+            seconds,
+            run.sizes.redis_keys,
+            extra={"round trips/batch": round_trips / len(run.chunks)},
+        )
+    finally:
+        await _close(client)
+
+
+# -- 9b: cold loads with write-back ----------------------------------------------
+
+
+async def _cold_loadercache(run: _Run) -> Sample:
+    client = _client()
+    try:
+        store = run.store(client)
+        namespace = run.fresh_namespace()
+        await client.ping()
+        counter = BatchCounter()
+        _sent.clear()
+        start = perf_counter()
+        await _through_loader(run, store, namespace, batch_fn(counter))
+        await store.flush()
+        seconds = perf_counter() - start
+        batches = len(run.chunks)
+        assert counter.calls == batches, "a cold batch was split or skipped"
+        return Sample(
+            seconds,
+            run.sizes.redis_keys,
+            extra={
+                "read round trips/batch": _sent["read"] / batches,
+                "write round trips/batch": _sent["write"] / batches,
+                **run.server.get("cold", {}),
+            },
+        )
+    finally:
+        await _close(client)
+
+
+async def _cold_raw(run: _Run) -> Sample:
+    import msgpack  # type: ignore[import-untyped, unused-ignore]
+
+    client = _client()
+    try:
+        base = run.store(client).redis_key(run.fresh_namespace(), 0)[:-1]
+        await client.ping()
+        packb, px = msgpack.packb, int(TTL * 1000)
+        fn = batch_fn(BatchCounter())
+        _sent.clear()
+        start = perf_counter()
+        for chunk in run.chunks:
+            rkeys = [base + b"%d" % key for key in chunk]
+            raws = await client.mget(rkeys)
+            todo = [key for key, raw in zip(chunk, raws) if raw is None]
+            values = await fn(todo)
+            pipe = client.pipeline(transaction=False)
+            for rkey, value in zip(rkeys, values):
+                pipe.set(rkey, packb(value), px=px)
+            await pipe.execute()
+        seconds = perf_counter() - start
+        batches = len(run.chunks)
+        return Sample(
+            seconds,
+            run.sizes.redis_keys,
+            extra={
+                "read round trips/batch": _sent["read"] / batches,
+                "write round trips/batch": _sent["write"] / batches,
+            },
+        )
+    finally:
+        await _close(client)
+
+
+# -- counting at the server --------------------------------------------------------
+
+
+async def _server_counts(
+    run: _Run, work: Callable[[], Awaitable[None]]
+) -> Dict[str, float]:
+    """Commands per batch that touched this run's keys, as MONITOR saw them."""
+    import redis.asyncio
+
+    watcher = redis.asyncio.Redis.from_url(REDIS_URL)
+    sentinel = f"{run.prefix}:done"
+    seen: Counter[str] = Counter()
+    try:
+        async with watcher.monitor() as monitor:
+
+            async def listen() -> None:
+                while True:
+                    command = (await monitor.next_command())["command"]
+                    if sentinel in command:
+                        return
+                    if run.prefix in command:
+                        seen[command.split(" ", 1)[0].upper()] += 1
+
+            listener = asyncio.ensure_future(listen())
+            await work()
+            await watcher.echo(sentinel)
+            await asyncio.wait_for(listener, 30)
+    finally:
+        await _close(watcher)
+    batches = len(run.chunks)
+    return {
+        "MGET/batch (server)": seen["MGET"] / batches,
+        "commands/batch (server)": sum(seen.values()) / batches,
+    }
+
+
+async def _cold_server_counts(run: _Run) -> None:
+    client = _client()
+    try:
+        store = run.store(client)
+        namespace = run.fresh_namespace()
+
+        async def work() -> None:
+            await _through_loader(run, store, namespace, batch_fn(BatchCounter()))
+            await store.flush()
+
+        run.server["cold"] = await _server_counts(run, work)
+    finally:
+        await _close(client)
+
+
+async def _delete_keys(run: _Run) -> None:
+    # Only this run's keys: SCAN with our random prefix, never KEYS or FLUSH*.
+    client = _client()
+    try:
+        batch: List[bytes] = []
+        async for key in client.scan_iter(match=f"{run.prefix}:*", count=1000):
+            batch.append(key)
+            if len(batch) >= 500:
+                await client.delete(*batch)
+                batch = []
+        if batch:
+            await client.delete(*batch)
+    finally:
+        await _close(client)
+
+
+# -- the table ------------------------------------------------------------------------
+
+
+def _bind(work: Callable[[_Run], Awaitable[Any]], run: _Run) -> Callable[[], Any]:
+    return lambda: work(run)
+
+
+def scenarios(sizes: Sizes) -> List[Scenario]:
+    """9a and 9b, or one skipped scenario 9 saying why."""
+    reason = unavailable()
+    title = f"Redis, {sizes.redis_keys:,} keys, {sizes.redis_batch:,} per batch"
+    if reason is not None:
+        return [
+            Scenario(
+                "9",
+                9,
+                title,
+                "the Redis cache map",
+                skipped=reason,
+                required=REQUIRE_REDIS,
+            )
+        ]
+    run = _Run(sizes)
+    cleanup = _bind(_delete_keys, run)
+    warm: Tuple[Entry, ...] = (
+        Entry(RAW_WARM, _bind(_warm_raw, run)),
+        Entry(SUBJECT, _bind(_warm_loadercache, run), subject=True),
+    )
+    cold: Tuple[Entry, ...] = (
+        Entry(RAW_COLD, _bind(_cold_raw, run)),
+        Entry(SUBJECT, _bind(_cold_loadercache, run), subject=True),
+    )
+    return [
+        Scenario(
+            "9a",
+            9,
+            f"{title}: warm reads",
+            f"{REDIS_URL}; a request per batch, every key in Redis, "
+            "a fresh loader and cache map each",
+            warm,
+            baseline=RAW_WARM,
+            floor_target=0.8,
+            peers_of={SUBJECT: ()},
+            exact={"round trips/batch": 1.0, "MGET/batch (server)": 1.0},
+            setup=_bind(_populate, run),
+            teardown=cleanup,
+        ),
+        Scenario(
+            "9b",
+            9,
+            f"{title}: cold loads with write-back",
+            "no key in Redis: read, batch function, write-back (flushed in the timing)",
+            cold,
+            baseline=RAW_COLD,
+            peers_of={SUBJECT: ()},
+            exact={"read round trips/batch": 1.0, "MGET/batch (server)": 1.0},
+            setup=_bind(_cold_server_counts, run),
+            teardown=cleanup,
+        ),
+    ]
