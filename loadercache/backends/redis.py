@@ -424,6 +424,8 @@ class _Namespace:
     __slots__ = (
         "__weakref__",
         "base",
+        "created",
+        "created_at_read",
         "flusher",
         "gen",
         "gen_key",
@@ -434,6 +436,7 @@ class _Namespace:
         "pending_gen",
         "pending_sets",
         "readings",
+        "reads_started",
     )
 
     def __init__(self, base: bytes, name: str) -> None:
@@ -441,6 +444,12 @@ class _Namespace:
         self.base = base
         self.gen_key = base + b"gen"  # no key segment is "gen": theirs are "x:..."
         self.gen: _Gen = _Mark.UNKNOWN
+        # The generation this process created (SET NX) when there was none,
+        # and how many reads had started when it learned so: a read started
+        # later that sees another generation (or none) proves it gone.
+        self.created: Optional[bytes] = None
+        self.created_at_read = 0
+        self.reads_started = 0
         # Operations not sent yet: a new generation (clear_all), deletes, and
         # values to store.  A key is never both deleted and stored by one
         # round trip unless the delete came first: deletes are sent first.
@@ -474,6 +483,7 @@ class _Namespace:
     def new_generation(self) -> None:
         token = _new_token()
         self.pending_gen = self.gen = token
+        self.created = None
         self.pending_dels.clear()
         # Primes made before are overridden too, except that primes are
         # tagged when sent: those made after a clear_all survive it.
@@ -895,6 +905,8 @@ class RedisStore:
                 break
             await asyncio.shield(barrier)
         gen_token, dels = namespace.take_invalidations()
+        namespace.reads_started += 1
+        started = namespace.reads_started
         lane: Optional[asyncio.Future[None]] = None
         if gen_token is not None or dels:
             lane = namespace.lane = namespace.inv_lane = loop.create_future()
@@ -917,7 +929,14 @@ class RedisStore:
             if lane is not None and not lane.done():
                 lane.set_result(None)
         self._stats.deleted_keys += len(dels)
-        return results[-2], results[-1]
+        gen = results[-2]
+        if (
+            namespace.created is not None
+            and started > namespace.created_at_read
+            and gen != namespace.created
+        ):
+            namespace.created = None
+        return gen, results[-1]
 
     def _decode(
         self, namespace: _Namespace, gen: Optional[bytes], rkey: bytes, raw: Any
@@ -1055,6 +1074,8 @@ class RedisStore:
         stats.deleted_keys += len(dels)
         if created is not None:
             if results[created_at]:
+                namespace.created = created
+                namespace.created_at_read = namespace.reads_started
                 if not isinstance(namespace.gen, bytes):
                     namespace.gen = created
             elif namespace.gen == created:
@@ -1092,6 +1113,12 @@ class RedisStore:
         for rkey, (payload, px, tag) in sets.items():
             if tag is _Mark.CURRENT:
                 tag = current if isinstance(current, bytes) else None
+            if tag is None and namespace.created is not None:
+                # Read when the namespace had no generation, and this process
+                # has created one since: no clear_all came in between (it would
+                # have made the creation fail), so the values belong to it.  If
+                # it is gone by now, they are misses: never a stale hit.
+                tag = namespace.created
             if tag is None or isinstance(tag, _Mark):
                 # The namespace had no generation when read: make one, unless
                 # another process did meanwhile (then these values are misses

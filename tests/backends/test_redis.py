@@ -349,6 +349,52 @@ async def test_a_key_cleared_while_it_loads_is_not_written_back(env: Env) -> Non
     assert calls == [[1]]
 
 
+async def test_write_backs_of_concurrent_reads_of_a_new_namespace_all_count(
+    env: Env,
+) -> None:
+    # Two batches read a namespace nobody wrote yet; their values go back in
+    # separate round trips.  Both must be readable afterwards.
+    release = asyncio.Event()
+
+    async def batch_load(keys: List[int]) -> List[str]:
+        if keys == [2]:
+            await release.wait()
+        return [f"v{key}" for key in keys]
+
+    store = env.store()
+    loader = loader_on(store, batch_load, max_batch_size=1)
+    first, second = loader.load(1), loader.load(2)
+    assert await first == "v1"
+    await store.flush()  # the first write-back: it makes the generation
+    release.set()
+    assert await second == "v2"
+    await store.flush()
+    batch_load2, calls = recorder()
+    reader = loader_on(env.store(), batch_load2)
+    assert await reader.load_many([1, 2]) == ["v1", "v2"]
+    assert calls == []
+
+
+async def test_a_lost_generation_key_is_made_anew(env: Env) -> None:
+    batch_load, calls = recorder()
+    store = env.store()
+    await loader_on(store, batch_load).load(1)
+    await store.flush()
+    # Evicted, or lost with a restart: <prefix>:<version>:{<namespace>}:gen.
+    assert await env.raw.delete(f"{env.prefix}:1:{{users}}:gen") == 1
+    assert await loader_on(store, batch_load).load_many([1, 2]) == [
+        {"id": 1},
+        {"id": 2},
+    ]
+    await store.flush()
+    for reader in (store, env.store()):
+        assert await loader_on(reader, batch_load).load_many([1, 2]) == [
+            {"id": 1},
+            {"id": 2},
+        ]
+    assert calls == [[1], [1, 2]]
+
+
 async def test_namespaces_never_share_values_or_clears(env: Env) -> None:
     store = env.store()
     tenant1, calls1 = recorder(lambda key: f"tenant1:{key}")
