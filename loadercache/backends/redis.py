@@ -478,19 +478,24 @@ class _Namespace:
             # the loaded value may predate the change that caused the clear.
             reading.cleared.add(rkey)
         if len(self.pending_dels) > _MAX_PENDING_DELETES:
-            self.new_generation()
+            self.new_generation(keep_primes=True)
 
-    def new_generation(self) -> None:
+    def new_generation(self, *, keep_primes: bool = False) -> None:
+        """Invalidate every value of the namespace (clear_all).
+
+        Values loaded before are never written under the new generation.
+        *keep_primes* is for a new generation standing in for pending
+        deletes: primes made after those deletes must survive them (they are
+        tagged with the generation current when they are sent).
+        """
         token = _new_token()
         self.pending_gen = self.gen = token
         self.created = None
         self.pending_dels.clear()
-        # Primes made before are overridden too, except that primes are
-        # tagged when sent: those made after a clear_all survive it.
         self.pending_sets = {
             rkey: entry
             for rkey, entry in self.pending_sets.items()
-            if entry[2] is _Mark.CURRENT
+            if keep_primes and entry[2] is _Mark.CURRENT
         }
         for reading in self.readings.values():
             reading.cleared_all = True
@@ -522,7 +527,7 @@ class _Namespace:
             if entry[2] is _Mark.CURRENT:
                 self.pending_dels[rkey] = None
         if len(self.pending_dels) > _MAX_PENDING_DELETES:
-            self.new_generation()
+            self.new_generation(keep_primes=True)
 
 
 def _drop_reading(namespace: _Namespace, task: asyncio.Task[Any]) -> None:
@@ -586,15 +591,14 @@ class RedisStore:
         breaker_cooldown: float = 10.0,
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not isinstance(prefix, str) or not prefix or "{" in prefix or "}" in prefix:
+        for name, text in (("prefix", prefix), ("version", version)):
+            if not isinstance(text, str):
+                raise TypeError(f"{name} must be a str, but got {text!r}.")
+        if not prefix or "{" in prefix or "}" in prefix:
             raise ValueError(
                 f"prefix must be a non-empty str without braces, but got {prefix!r}."
             )
-        if (
-            not isinstance(version, str)
-            or not version
-            or any(char in version for char in ":{}")
-        ):
+        if not version or any(char in version for char in ":{}"):
             raise ValueError(
                 "version must be a non-empty str without ':' or braces, such as "
                 f"'1' or '2024-05', but got {version!r}."
@@ -603,23 +607,22 @@ class RedisStore:
         _check_seconds("negative_ttl", negative_ttl, allow_none=True, allow_zero=True)
         _check_seconds("timeout", timeout, allow_none=True)
         _check_seconds("breaker_cooldown", breaker_cooldown, allow_zero=True)
-        if (
-            isinstance(ttl_jitter, bool)
-            or not isinstance(ttl_jitter, (int, float))
-            or not 0 <= ttl_jitter < 1
-        ):
+        if isinstance(ttl_jitter, bool) or not isinstance(ttl_jitter, (int, float)):
+            raise TypeError(f"ttl_jitter must be a number, but got {ttl_jitter!r}.")
+        if not 0 <= ttl_jitter < 1:
             raise ValueError(
                 f"ttl_jitter must be a fraction from 0 to less than 1 (0.1 "
                 f"shortens each TTL by up to 10 %), but got {ttl_jitter!r}."
             )
-        if (
-            isinstance(breaker_threshold, bool)
-            or not isinstance(breaker_threshold, int)
-            or breaker_threshold < 1
+        if isinstance(breaker_threshold, bool) or not isinstance(
+            breaker_threshold, int
         ):
+            raise TypeError(
+                f"breaker_threshold must be an int, but got {breaker_threshold!r}."
+            )
+        if breaker_threshold < 1:
             raise ValueError(
-                f"breaker_threshold must be a positive int, but got "
-                f"{breaker_threshold!r}."
+                f"breaker_threshold must be at least 1, but got {breaker_threshold!r}."
             )
         if serializer is None:
             serializer = MsgpackSerializer()
@@ -1152,17 +1155,14 @@ def _check_seconds(
 ) -> None:
     if value is None and allow_none:
         return
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or value < 0
-        or (value == 0 and not allow_zero)
-        or value != value
-    ):
-        expected = "a non-negative number" if allow_zero else "a positive number"
-        if allow_none:
-            expected += " or None"
-        raise ValueError(f"{name} must be {expected} of seconds, but got {value!r}.")
+    expected = "a non-negative number" if allow_zero else "a positive number"
+    if allow_none:
+        expected += " or None"
+    message = f"{name} must be {expected} of seconds, but got {value!r}."
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(message)
+    if value < 0 or (value == 0 and not allow_zero) or value != value:
+        raise ValueError(message)
 
 
 # -- the cache map -------------------------------------------------------------

@@ -793,6 +793,16 @@ async def test_the_store_refuses_what_it_cannot_work_with(env: Env) -> None:
     for options in bad_options:
         with pytest.raises(ValueError):
             RedisStore("redis://x", **options)
+    wrong_types: List[Dict[str, Any]] = [
+        {"ttl": "60"},
+        {"ttl_jitter": None},
+        {"breaker_threshold": 2.5},
+        {"version": 2},
+        {"prefix": b"lc"},
+    ]
+    for options in wrong_types:
+        with pytest.raises(TypeError):
+            RedisStore("redis://x", **options)
     with pytest.raises(TypeError, match="RedisStore"):
         RedisCacheMap(object(), "users")  # type: ignore[arg-type]
 
