@@ -294,6 +294,18 @@ async def test_a_prime_after_clear_all_survives_it(env: Env) -> None:
     assert calls == [[1, 2], [2]]
 
 
+async def test_a_prime_before_clear_all_is_forgotten_with_it(env: Env) -> None:
+    batch_load, calls = recorder()
+    store = env.store()
+    await loader_on(store, batch_load).load(2)  # the namespace exists
+    await store.flush()
+    loader_on(store, batch_load).prime(1, "before").clear_all()
+    await store.flush()
+    reader = loader_on(env.store(), batch_load)
+    assert await reader.load_many([1, 2]) == [{"id": 1}, {"id": 2}]
+    assert calls == [[2], [1, 2]]
+
+
 class Gate:
     """A batch function that reads its values, then waits to be let through."""
 
