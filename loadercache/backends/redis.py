@@ -920,7 +920,9 @@ class RedisStore:
             if dels:
                 pipe.delete(*dels)
             pipe.get(namespace.gen_key)
-            pipe.mget(rkeys)
+            # Not pipe.mget: redis-py's cluster pipeline refuses that method
+            # because MGET may span slots; these keys share the namespace's.
+            pipe.execute_command("MGET", *rkeys)
             try:
                 with redis_span("get_many", len(rkeys)):
                     results = await self._execute(pipe)
