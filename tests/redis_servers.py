@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import random
 import shutil
 import signal
 import socket
@@ -129,11 +130,28 @@ def real_redis_cache_map() -> RedisCacheMap:
 # -- private servers -------------------------------------------------------------
 
 
-def _free_port() -> int:
+def _bindable(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _free_port(cluster: bool = False) -> int:
+    if not cluster:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+            return port
+    # A cluster node also listens on port + 10000, so the port must be at
+    # most 55535 and both must be free.
+    for _ in range(100):
+        port = random.randrange(20000, 55535)
+        if _bindable(port) and _bindable(port + 10000):
+            return port
+    raise RuntimeError("no free port pair for a cluster node")
 
 
 def _server_version(binary: str) -> tuple[int, ...]:
@@ -153,14 +171,15 @@ class RedisServer:
     'redis://127.0.0.1:40123/0'
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, cluster: bool = False) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             _unavailable("redis-server is not on PATH")
             raise AssertionError("unreachable")
         self.binary = binary
         self.directory = directory
-        self.port = _free_port()
+        self.cluster = cluster
+        self.port = _free_port(cluster)
         self.process: Optional[subprocess.Popen[bytes]] = None
         self.log = directory / "redis.log"
 
@@ -186,8 +205,16 @@ class RedisServer:
             "--logfile",
             str(self.log),
         ]
-        if _server_version(self.binary) >= (7, 0):
+        version = _server_version(self.binary)
+        if version >= (7, 0):
             args += ["--enable-debug-command", "yes"]
+        if self.cluster:
+            # A one-node cluster that owns every slot: enough for a
+            # RedisCluster client and its routing rules.
+            if version < (7, 0):
+                _unavailable("the cluster tests need redis-server 7 or later")
+            config = self.directory / f"nodes-{self.port}.conf"
+            args += ["--cluster-enabled", "yes", "--cluster-config-file", str(config)]
         self.process = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
@@ -196,6 +223,8 @@ class RedisServer:
             try:
                 with self.client() as client:
                     client.ping()
+                    if self.cluster:
+                        self._own_every_slot(client)
                 return
             except redis.ConnectionError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
@@ -203,6 +232,15 @@ class RedisServer:
                     self.kill()
                     raise RuntimeError(f"redis-server did not start:\n{log}") from None
                 time.sleep(0.02)
+
+    def _own_every_slot(self, client: redis.Redis) -> None:
+        if not client.execute_command("CLUSTER", "SLOTS"):
+            client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+        deadline = time.monotonic() + 10
+        while b"cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the one-node cluster did not become ready")
+            time.sleep(0.05)
 
     def kill(self) -> None:
         """Kill the server by its pid (SIGKILL: no goodbye to the clients)."""

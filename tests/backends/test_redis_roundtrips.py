@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, List
 
 import pytest
+from redis.asyncio.cluster import RedisCluster
 
 from loadercache import DataLoader
 from loadercache.backends.redis import RedisStore
@@ -212,3 +213,56 @@ async def test_cache_false_and_local_hits_cost_nothing(server: RedisServer) -> N
     await store.flush()
     assert server.command_calls() == {}
     await store.aclose()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path, cluster=True)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+async def test_a_redis_cluster_reads_a_batch_with_one_mget_on_one_node(
+    cluster: RedisServer,
+) -> None:
+    # All keys of a namespace share its hash tag, so a batch is one MGET (in
+    # one pipeline) on the node that owns the namespace's slot.
+    db = {key: f"v{key}" for key in range(N)}
+    batch_load, calls = recorder(db.__getitem__)
+    clients = [RedisCluster(host="127.0.0.1", port=cluster.port) for _ in range(2)]
+    writer, reader = (RedisStore(client) for client in clients)
+    cluster.reset_stats()
+    loader = DataLoader(
+        batch_load, max_batch_size=N // B, cache_map=writer.cache_map("tenant:1:users")
+    )
+    assert await loader.load_many(range(N)) == [db[key] for key in range(N)]
+    await writer.flush()
+    warm = DataLoader(
+        batch_load, max_batch_size=N // B, cache_map=reader.cache_map("tenant:1:users")
+    )
+    assert await warm.load_many(range(N)) == [db[key] for key in range(N)]
+    counted = cluster.command_calls()
+    assert (counted["mget"], counted["get"]) == (2 * B, 2 * B)
+    assert 1 <= counted["pexpire"] <= B
+    assert len(calls) == B and warm.stats.remote_hits == N
+
+    # clear, prime and clear_all reach the other process through the cluster.
+    db[0] = "changed"
+    DataLoader(batch_load, cache_map=reader.cache_map("tenant:1:users")).clear(0).prime(
+        1, "primed"
+    )
+    await reader.flush()
+    check = DataLoader(batch_load, cache_map=writer.cache_map("tenant:1:users"))
+    assert await check.load_many([0, 1, 2]) == ["changed", "primed", db[2]]
+    DataLoader(batch_load, cache_map=writer.cache_map("tenant:1:users")).clear_all()
+    await writer.flush()
+    calls.clear()
+    again = DataLoader(batch_load, cache_map=reader.cache_map("tenant:1:users"))
+    assert await again.load_many([1, 2]) == [db[1], db[2]]
+    assert calls == [[1, 2]]
+    assert writer.stats.errors == reader.stats.errors == 0
+    for client in clients:
+        await client.aclose()
