@@ -38,8 +38,8 @@ for a UUID, ``t:`` and ``z:`` for tuples and frozensets, whose items are
 length-prefixed).  Keys that are *equal in Python* share a Redis key:
 ``True``, ``1`` and ``1.0`` are one key, as they are one key of the local
 dict, so the answer never depends on which tier gave it.  A cache key of any
-other type fails at ``load()`` with a ``TypeError``; map it with
-``cache_key_fn=``.
+other type (or an int of more digits than ``sys.get_int_max_str_digits()``)
+fails at ``load()`` with a ``TypeError``; map it with ``cache_key_fn=``.
 
 clear, prime and clear_all
 --------------------------
@@ -48,7 +48,11 @@ clear, prime and clear_all
 in the background, in the order they were made.  A read of the same namespace
 by this process is ordered after the invalidations made before it: a pending
 delete travels in the read's own round trip, ahead of the ``MGET``, so
-``clear(k)`` followed by ``load(k)`` never sees the old value.
+``clear(k)`` followed by ``load(k)`` never sees the old value.  A key cleared
+while its load is in flight is not written back when the load returns: the
+value may predate the change the clear announces.  A prime is tagged with the
+namespace's generation (below); in a namespace this process has not read yet,
+it first reads the generation, so it costs two round trips instead of one.
 
 ``loader.clear_all()`` forgets the whole namespace **for every process** that
 shares the Redis server, in one command and O(1) time, without ``KEYS`` or
@@ -61,7 +65,9 @@ token; the old values are overwritten by the next loads or expire with their
 TTL.  A value loaded before a ``clear_all`` and written after it carries the
 old generation and is never read.  The generation key expires at twice the
 longest value TTL after the last write, so idle namespaces leave nothing
-behind.
+behind; if it is lost (evicted, a restart), every value of the namespace is a
+miss until the next write makes a new one, never a stale hit.  A prime or a
+clear_all racing a clear_all of another process may be lost: the clear wins.
 
 Tenant scoping
 --------------
