@@ -66,8 +66,9 @@ TTL.  A value loaded before a ``clear_all`` and written after it carries the
 old generation and is never read.  The generation key expires at twice the
 longest value TTL after the last write, so idle namespaces leave nothing
 behind; if it is lost (evicted, a restart), every value of the namespace is a
-miss until the next write makes a new one, never a stale hit.  A prime or a
-clear_all racing a clear_all of another process may be lost: the clear wins.
+miss until the next write makes a new one, never a stale hit.  A prime
+racing a clear_all of another process may be lost (it becomes a miss): the
+clear wins.
 
 Tenant scoping
 --------------
