@@ -135,7 +135,7 @@ except ImportError as error:  # pragma: no cover - exercised without the extra
         "pip install 'loadercache[redis]'"
     ) from error
 
-from loadercache.cache import MISS, CacheMap, as_cache_map
+from loadercache.cache import MISS, CacheMap, RemoteTierError, as_cache_map
 from loadercache.tracing import redis_span
 
 __all__ = ["RedisCacheMap", "RedisStore", "StoreStats"]
@@ -856,9 +856,10 @@ class RedisStore:
         try:
             gen, raws = await self._read(namespace, rkeys)
         except Exception as error:
+            # Logged once per outage by the breaker; the loader counts it.
             self._failed(error)
             stats.misses += count
-            return [MISS] * count
+            raise RemoteTierError(f"Redis read failed: {error!r}") from error
         except BaseException:
             self._breaker.abandoned()
             raise
@@ -880,7 +881,7 @@ class RedisStore:
                 len(raws) if isinstance(raws, list) else type(raws).__name__,
                 count,
             )
-            return [MISS] * count
+            raise RemoteTierError("Redis answered the wrong number of values")
 
         values: List[Any] = []
         missed: Dict[Hashable, bytes] = {}
@@ -1298,7 +1299,10 @@ class RedisCacheMap:
     async def get_many(self, keys: Sequence[Hashable]) -> Sequence[Any]:
         """Read *keys* from Redis in one round trip: values, or MISS.
 
-        Never raises: when Redis fails every key is a MISS.
+        When Redis fails, raises :class:`~loadercache.RemoteTierError` (the
+        failure is logged once per outage, here), and the loader loads every
+        key from the batch function.  While the breaker is open every key is a
+        MISS, with no round trip.
 
         >>> await cache_map.get_many([1, 2])
         [{'id': 1, 'name': 'Ada'}, MISS]
@@ -1312,6 +1316,17 @@ class RedisCacheMap:
             rkey = pop(key, None)
             rkeys.append(rkey if rkey is not None else base + _key_segment(key))
         return await self._store._get_many(self._namespace, keys, rkeys)
+
+    def discard(self, key: Hashable, future: asyncio.Future[Any]) -> None:
+        """Forget the local future of a load that failed or was cancelled.
+
+        Redis is not touched: such a load never wrote anything there.
+
+        >>> cache_map.discard(1, failed_future)
+        """
+        if self._local_get(key) is future:
+            self._local.delete(key)
+        self._encoded.pop(key, None)
 
     async def set_many(self, items: Sequence[Tuple[Hashable, Any]]) -> None:
         """Write freshly loaded values to Redis in one pipelined round trip.
