@@ -6,7 +6,13 @@
 """
 
 from loadercache._version import __version__
-from loadercache.cache import MISS, CacheMap, MutableMappingCacheMap, RemoteTier
+from loadercache.cache import (
+    MISS,
+    CacheMap,
+    MutableMappingCacheMap,
+    RemoteTier,
+    RemoteTierError,
+)
 from loadercache.loader import BatchLoadFn, DataLoader
 from loadercache.registry import Loaders, current_loaders, loader_property, use_loaders
 from loadercache.stats import LoaderStats
@@ -20,6 +26,7 @@ __all__ = [
     "Loaders",
     "MutableMappingCacheMap",
     "RemoteTier",
+    "RemoteTierError",
     "__version__",
     "current_loaders",
     "loader_property",

@@ -30,9 +30,21 @@ batch:
    latency, one that awaits it makes the value visible to other processes
    before this request sees it.
 
+4. A load that fails, is cancelled, or whose exception is not cached leaves
+   the cache through ``discard(key, future)``: the local entry goes (if it is
+   still that future), and the remote tier is not touched, since none of these
+   was ever written there.
+
+``get_many`` and ``set_many`` of one batch run in the same task, in that
+order, so a tier may pair them (the Redis map pairs a batch's write with the
+generation its read saw).
+
 A remote tier that raises, or answers with the wrong number of values, is
-treated as a tier that holds nothing: the loader logs it, counts it and loads
-from the batch function.  A cache failure never becomes a user failure.
+treated as a tier that holds nothing: the loader counts it in
+``LoaderStats.remote_errors``, logs a warning and loads from the batch
+function.  A tier that reports its own failures (once per outage, not once per
+batch) raises :class:`RemoteTierError` instead, which the loader counts but
+logs only at DEBUG.  A cache failure never becomes a user failure.
 ``prime``, ``clear`` and ``clear_all`` reach the remote tier through the
 ordinary ``set``, ``delete`` and ``clear`` of the map (``set`` with a future
 that is already resolved is a prime).  The core never imports a backend; it
@@ -59,8 +71,10 @@ from typing import (
 __all__ = [
     "MISS",
     "CacheMap",
+    "MappingBackedCacheMap",
     "MutableMappingCacheMap",
     "RemoteTier",
+    "RemoteTierError",
     "as_cache_map",
 ]
 
@@ -90,6 +104,17 @@ class _Miss:
 
 MISS: Any = _Miss()
 """Returned in :meth:`RemoteTier.get_many` answers for a key the tier does not hold."""
+
+
+class RemoteTierError(Exception):
+    """A remote tier's read or write failed, and the tier has logged it already.
+
+    Raised from :meth:`RemoteTier.get_many` or :meth:`RemoteTier.set_many`;
+    the loader counts it and carries on from the batch function without
+    logging it again.  Users never see it: ``load()`` does not raise it.
+
+    >>> raise RemoteTierError("Redis unreachable") from ConnectionError()
+    """
 
 
 @runtime_checkable
@@ -138,16 +163,17 @@ class RemoteTier(Protocol[KT_contra, VT_contra]):
         """Store freshly loaded values (never exceptions)."""
         ...
 
+    def discard(self, key: KT_contra, future: asyncio.Future[Any]) -> None:
+        """Forget the local entry of *key* if it is *future*; not the remote one."""
+        ...
 
-class MutableMappingCacheMap(Generic[KT, VT]):
-    """Adapt a ``MutableMapping`` (a dict, a cachetools cache) to :class:`CacheMap`.
+
+class MappingBackedCacheMap(Generic[KT, VT]):
+    """The part of a cache map over a ``MutableMapping`` that every such map shares.
 
     ``get`` is the mapping's own bound method, so a ``dict`` costs one C call
-    per ``load()``.
-
-    >>> cache_map = MutableMappingCacheMap({})
-    >>> cache_map.get("a") is None
-    True
+    per ``load()``.  Subclasses add ``set``: :class:`MutableMappingCacheMap`
+    stores as is, ``TTLCacheMap`` restarts a key's clock when it resolves.
     """
 
     __slots__ = ("get", "mapping")
@@ -157,9 +183,6 @@ class MutableMappingCacheMap(Generic[KT, VT]):
     def __init__(self, mapping: MutableMapping[KT, asyncio.Future[VT]]) -> None:
         self.mapping = mapping
         self.get = mapping.get
-
-    def set(self, key: KT, value: asyncio.Future[VT]) -> None:
-        self.mapping[key] = value
 
     def delete(self, key: KT) -> None:
         self.mapping.pop(key, None)
@@ -172,6 +195,26 @@ class MutableMappingCacheMap(Generic[KT, VT]):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.mapping!r})"
+
+
+class MutableMappingCacheMap(MappingBackedCacheMap[KT, VT]):
+    """Adapt a ``MutableMapping`` (a dict, a cachetools cache) to :class:`CacheMap`.
+
+    ``get`` and ``set`` are the mapping's own bound methods, so over a
+    ``dict`` a ``load()`` costs one C call to look up and one to store.
+
+    >>> cache_map = MutableMappingCacheMap({})
+    >>> cache_map.get("a") is None
+    True
+    """
+
+    __slots__ = ("set",)
+
+    set: Callable[[KT, asyncio.Future[VT]], None]
+
+    def __init__(self, mapping: MutableMapping[KT, asyncio.Future[VT]]) -> None:
+        super().__init__(mapping)
+        self.set = mapping.__setitem__
 
 
 _PROTOCOL_METHODS = ("get", "set", "delete", "clear")

@@ -27,6 +27,7 @@ import logging
 import reprlib
 import warnings
 from collections.abc import Hashable, Iterable, Mapping, MutableMapping
+from itertools import repeat
 from typing import (
     Any,
     Awaitable,
@@ -45,7 +46,13 @@ from typing import (
     overload,
 )
 
-from loadercache.cache import MISS, CacheMap, RemoteTier, as_cache_map
+from loadercache.cache import (
+    MISS,
+    CacheMap,
+    RemoteTier,
+    RemoteTierError,
+    as_cache_map,
+)
 from loadercache.stats import LoaderStats
 from loadercache.tracing import batch_span
 
@@ -64,21 +71,63 @@ BatchLoadFn = Callable[[List[K]], Awaitable[BatchResult[K, V]]]
 
 logger = logging.getLogger("loadercache")
 
+# Stands for the cache key of a load when the loader does not cache.
+_NO_KEY: Any = object()
+
 _short = reprlib.Repr()
 _short.maxlist = _short.maxtuple = _short.maxdict = _short.maxset = 10
 _short.maxstring = _short.maxother = 80
 
 
 class _Batch:
-    """The keys collected for one call of the batch function."""
+    """The keys collected for one call of the batch function.
 
-    __slots__ = ("cache_keys", "closed", "futures", "keys")
+    ``cache_keys`` is ``keys`` itself when keys are their own cache keys (no
+    ``cache_key_fn``), and empty when the loader does not cache.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("cache_keys", "closed", "futures", "keys", "loader", "loop")
+
+    def __init__(
+        self,
+        loader: DataLoader[Any, Any],
+        loop: asyncio.AbstractEventLoop,
+        cache_keys: Optional[List[Hashable]],
+    ) -> None:
+        self.loader = loader
+        self.loop = loop
         self.keys: List[Any] = []
-        self.cache_keys: List[Hashable] = []
+        self.cache_keys: List[Hashable] = (
+            self.keys if cache_keys is None else cache_keys
+        )
         self.futures: List[asyncio.Future[Any]] = []
         self.closed = False
+
+
+class _LoadFuture(asyncio.Future):  # type: ignore[type-arg]
+    """The future of a queued load, which leaves the cache the moment it is cancelled.
+
+    A caller's cancellation (a timeout, a client gone) cancels the future it
+    awaits.  Were that future left in the cache until its batch settled, a
+    load in between would be handed a cancelled future; removing it here, in
+    ``cancel()`` itself, is what lets ``load()`` trust any finished future it
+    finds in the cache without a second check on every hit.
+    """
+
+    __slots__ = ("batch",)
+
+    batch: _Batch
+
+    def cancel(self, msg: Any = None) -> bool:
+        if not super().cancel(msg):
+            return False
+        self.batch.loader._forget_cancelled(self.batch, self)
+        return True
+
+
+def _never_cached(cache_key: Hashable) -> None:
+    """The cache lookup of a loader with ``cache=False``."""
+    return None
 
 
 def _is_async_callable(fn: Any) -> bool:
@@ -179,7 +228,7 @@ class DataLoader(Generic[K, V]):
         # Read through the class: a predicate set as a class attribute must not
         # become a bound method.
         if cache_exceptions is None:
-            cache_exceptions = inspect.getattr_static(self, "cache_exceptions")
+            cache_exceptions = inspect.getattr_static(type(self), "cache_exceptions")
             if isinstance(cache_exceptions, staticmethod):
                 cache_exceptions = cache_exceptions.__func__
         if not isinstance(cache_exceptions, bool) and not callable(cache_exceptions):
@@ -211,10 +260,15 @@ class DataLoader(Generic[K, V]):
         self._cache_map: CacheMap[Any, V] = as_cache_map(
             cache_map if cache_map is not None else {}
         )
-        self._get = self._cache_map.get
+        # Bound once: load() runs per field of every query.
+        self._caching = bool(self.cache)
+        self._get: Callable[[Hashable], Optional[asyncio.Future[V]]] = (
+            self._cache_map.get if self._caching else _never_cached
+        )
+        self._set = self._cache_map.set
         # A remote tier is only consulted when caching is on.
         self._remote: Optional[RemoteTier[Any, V]] = None
-        if self.cache and callable(getattr(self._cache_map, "get_many", None)):
+        if self._caching and callable(getattr(self._cache_map, "get_many", None)):
             self._remote = cast("RemoteTier[Any, V]", self._cache_map)
 
         if batch_schedule_fn is not None and not callable(batch_schedule_fn):
@@ -236,8 +290,9 @@ class DataLoader(Generic[K, V]):
         self._tasks: Set[asyncio.Task[None]] = set()
         self._stats = LoaderStats()
         # Kept apart from _stats: these two are counted on the hot path.
-        self._loads = 0
-        self._enqueued = 0
+        # Kept apart from _stats: counted per load.  Cache hits are not
+        # counted at all: that would add a sixth to the cost of a hit.
+        self._misses = 0
 
     def __repr__(self) -> str:
         name = f" {self.name!r}" if self.name else ""
@@ -260,8 +315,7 @@ class DataLoader(Generic[K, V]):
         1
         """
         snapshot = LoaderStats(**self._stats.__dict__)
-        snapshot.loads = self._loads
-        snapshot.local_hits = self._loads - self._enqueued
+        snapshot.local_misses = self._misses
         return snapshot
 
     # -- the public API --------------------------------------------------
@@ -280,9 +334,6 @@ class DataLoader(Generic[K, V]):
             raise TypeError(
                 "The loader.load() function must be called with a value, but got: None."
             )
-        self._loads += 1
-        if not self.cache:
-            return self._enqueue(key, None)
         cache_key: Hashable = key if self._key_fn is None else self._key_fn(key)
         try:
             future = self._get(cache_key)
@@ -294,10 +345,10 @@ class DataLoader(Generic[K, V]):
                 "cache_key_fn= to map it to a hashable key."
             ) from None
         if future is not None:
-            if not future.done():
-                return self._share(future, key)
-            if not future.cancelled():
+            # Never a cancelled future: _LoadFuture.cancel removes it at once.
+            if future.done():
                 return future
+            return self._share(future, key)
         return self._enqueue(key, cache_key)
 
     @overload
@@ -335,7 +386,7 @@ class DataLoader(Generic[K, V]):
 
         >>> users.clear(1).prime(1, updated_user)
         """
-        if self.cache:
+        if self._caching:
             self._cache_map.delete(self._cache_key(key))
         return self
 
@@ -345,7 +396,7 @@ class DataLoader(Generic[K, V]):
         With a shared cache map (Redis) this forgets the namespace for every
         process, not only for this loader.
         """
-        if self.cache:
+        if self._caching:
             self._cache_map.clear()
         return self
 
@@ -355,7 +406,7 @@ class DataLoader(Generic[K, V]):
         An ``Exception`` value caches a rejection.  To overwrite, clear first:
         ``loader.clear(key).prime(key, value)``.
         """
-        if not self.cache:
+        if not self._caching:
             return self
         cache_key = self._cache_key(key)
         existing = self._cache_map.get(cache_key)
@@ -414,8 +465,8 @@ class DataLoader(Generic[K, V]):
         If callers shared the in-flight future itself, cancelling one of them
         (a timeout, a client that went away) would cancel it for all.
         """
-        loop = self._bound_loop()
-        if future.get_loop() is not loop:
+        loop = future.get_loop()
+        if loop.is_closed():
             # Left over from a closed loop: it will never settle.
             return self._enqueue(key, self._cache_key(key))
         mine: asyncio.Future[V] = loop.create_future()
@@ -443,37 +494,37 @@ class DataLoader(Generic[K, V]):
 
     def _enqueue(self, key: K, cache_key: Hashable) -> asyncio.Future[V]:
         """Queue a load that missed the cache (cache_key is unused without cache)."""
-        self._enqueued += 1
-        loop = self._loop
-        try:
-            if loop is not asyncio.get_running_loop():
-                loop = self._bound_loop()
-        except RuntimeError:
-            loop = self._bound_loop()
-        future: asyncio.Future[V] = loop.create_future()
+        self._misses += 1
         batch = self._batch
-        limit = self._limit
-        if (
-            batch is None
-            or batch.closed
-            or (limit is not None and len(batch.keys) >= limit)
-        ):
-            batch = _Batch()
-            callback = functools.partial(self._dispatch_batch, batch)
-            if self._schedule is None:
-                loop.call_soon(callback)
-            else:
-                self._schedule(callback)
-            # Only a batch whose dispatch is scheduled may collect loads: if
-            # batch_schedule_fn raised, later loads would join it and wait
-            # forever.
-            self._batch = batch
+        if batch is None or batch.closed or len(batch.keys) == self._limit:
+            batch = self._new_batch()
+        future = _LoadFuture(loop=batch.loop)
+        future.batch = batch
         batch.keys.append(key)
         batch.futures.append(future)
-        if self.cache:
-            batch.cache_keys.append(cache_key)
-            self._cache_map.set(cache_key, future)
+        if self._caching:
+            if self._key_fn is not None:
+                batch.cache_keys.append(cache_key)
+            self._set(cache_key, future)
         return future
+
+    def _new_batch(self) -> _Batch:
+        # The loop is checked once per batch, not per load: on Python 3.11 and
+        # older, asyncio.get_running_loop() makes a getpid() system call.
+        loop = self._bound_loop()
+        batch = _Batch(
+            self, loop, None if self._caching and self._key_fn is None else []
+        )
+        callback = functools.partial(self._dispatch_batch, batch)
+        if self._schedule is None:
+            loop.call_soon(callback)
+        else:
+            self._schedule(callback)
+        # Only a batch whose dispatch is scheduled may collect loads: if
+        # batch_schedule_fn raised, later loads would join it and wait
+        # forever.
+        self._batch = batch
+        return batch
 
     def _dispatch_batch(self, batch: _Batch) -> None:
         """The scheduled callback: start the task that runs the batch."""
@@ -490,7 +541,8 @@ class DataLoader(Generic[K, V]):
         if self._batch is batch:
             self._batch = None
         keys, cache_keys, futures = batch.keys, batch.cache_keys, batch.futures
-        if any(future.done() for future in futures):
+        # All futures of a batch come from one loop's create_future: one type.
+        if any(map(type(futures[0]).done, futures)):
             # Loads cancelled before dispatch are not loaded at all.
             keys, cache_keys, futures = self._drop_done(keys, cache_keys, futures)
             if not keys:
@@ -543,11 +595,9 @@ class DataLoader(Generic[K, V]):
         cache_keys: List[Hashable],
         futures: List[asyncio.Future[V]],
     ) -> Tuple[List[Any], List[Hashable], List[asyncio.Future[V]]]:
+        # Cancelled ones already left the cache (_LoadFuture.cancel).
         kept = [i for i, future in enumerate(futures) if not future.done()]
         if cache_keys:
-            for i, future in enumerate(futures):
-                if future.cancelled():
-                    self._forget(cache_keys[i], future)
             cache_keys = [cache_keys[i] for i in kept]
         return [keys[i] for i in kept], cache_keys, [futures[i] for i in kept]
 
@@ -567,15 +617,8 @@ class DataLoader(Generic[K, V]):
                     f"{len(cache_keys)} keys"
                 )
         except Exception as error:
-            self._stats.remote_errors += 1
+            self._remote_failed("read", error)
             self._stats.remote_misses += len(cache_keys)
-            logger.warning(
-                "%r: remote cache read failed, loading %d keys from the batch "
-                "function: %s",
-                self,
-                len(cache_keys),
-                error,
-            )
             return keys, cache_keys, futures
         todo: List[int] = []
         for i, value in enumerate(found):
@@ -609,8 +652,19 @@ class DataLoader(Generic[K, V]):
         try:
             await remote.set_many(items)
         except Exception as error:
-            self._stats.remote_errors += 1
-            logger.warning("%r: remote cache write failed: %s", self, error)
+            self._remote_failed("write", error)
+
+    def _remote_failed(self, what: str, error: Exception) -> None:
+        self._stats.remote_errors += 1
+        # A tier raising RemoteTierError has logged the outage itself, once;
+        # logging it again here would log it once per batch.
+        log = logger.debug if isinstance(error, RemoteTierError) else logger.warning
+        log(
+            "%r: remote cache %s failed; loading from the batch function: %s",
+            self,
+            what,
+            error,
+        )
 
     def _settle(
         self,
@@ -618,16 +672,17 @@ class DataLoader(Generic[K, V]):
         futures: List[asyncio.Future[V]],
         values: Sequence[Any],
     ) -> None:
-        for i, (future, value) in enumerate(zip(futures, values)):
+        for future, value, cache_key in zip(
+            futures, values, cache_keys or repeat(_NO_KEY)
+        ):
             if future.done():
                 # Cancelled by its caller while the batch ran.
-                if cache_keys and future.cancelled():
-                    self._forget(cache_keys[i], future)
-                continue
-            if isinstance(value, Exception):
+                if cache_key is not _NO_KEY and future.cancelled():
+                    self._forget(cache_key, future)
+            elif isinstance(value, Exception):
                 future.set_exception(value)
-                if cache_keys and not self._caches(value):
-                    self._forget(cache_keys[i], future)
+                if cache_key is not _NO_KEY and not self._caches(value):
+                    self._forget(cache_key, future)
             else:
                 future.set_result(value)
 
@@ -664,10 +719,20 @@ class DataLoader(Generic[K, V]):
             if not future.done():
                 future.set_exception(error)
 
+    def _forget_cancelled(self, batch: _Batch, future: asyncio.Future[V]) -> None:
+        if batch.cache_keys:
+            self._forget(batch.cache_keys[batch.futures.index(future)], future)
+
     def _forget(self, cache_key: Hashable, future: asyncio.Future[V]) -> None:
-        # Only if the map still holds this future: a clear() and a new load
-        # may have replaced it, and the new one must stay.
-        if self._cache_map.get(cache_key) is future:
+        """Drop a load that failed, was cancelled or whose error is not cached.
+
+        Only if the map still holds this future: a clear() and a new load may
+        have replaced it, and the new one must stay.  None of these values was
+        ever written to a remote tier, so only the local entry goes.
+        """
+        if self._remote is not None:
+            self._remote.discard(cache_key, future)
+        elif self._cache_map.get(cache_key) is future:
             self._cache_map.delete(cache_key)
 
 

@@ -188,7 +188,7 @@ def _log_stats(loaders: Loaders) -> None:
         "%s: %s",
         type(loaders).__name__,
         ", ".join(
-            f"{name} {s['loads']} loads in {s['batches']} batches"
+            f"{name} {s['batched_keys']} keys in {s['batches']} batches"
             for name, s in stats.items()
         )
         or "no loader used",

@@ -12,10 +12,12 @@ __all__ = ["LoaderStats"]
 class LoaderStats:
     """A snapshot of one loader's counters, from :attr:`DataLoader.stats`.
 
-    ``loads`` counts every ``load()`` call (``load_many`` counts one per key);
-    ``local_hits`` those answered by the loader's own cache map;
-    ``batches`` the calls made to the batch function and ``batched_keys`` the
-    keys they received (``batched_keys / batches`` is the mean batch size,
+    ``local_misses`` counts the loads that missed the loader's own cache map
+    and were queued for a batch; cache hits are not counted, because counting
+    them would cost a sixth of a hit (count your own ``load()`` calls if you
+    need a hit ratio: hits are those calls minus ``local_misses``).
+    ``batches`` counts the calls made to the batch function and
+    ``batched_keys`` the keys they received (``mean_batch`` is their ratio,
     ``max_batch`` the largest).  With a remote tier (the Redis map),
     ``remote_hits`` and ``remote_misses`` count keys looked up there at
     dispatch, and ``remote_errors`` the round trips that failed and were
@@ -23,11 +25,10 @@ class LoaderStats:
     broke the contract.
 
     >>> loader.stats.as_dict()  # doctest: +SKIP
-    {'loads': 3, 'local_hits': 1, 'batches': 1, 'batched_keys': 2, ...}
+    {'local_misses': 2, 'batches': 1, 'batched_keys': 2, 'max_batch': 2, ...}
     """
 
-    loads: int = 0
-    local_hits: int = 0
+    local_misses: int = 0
     batches: int = 0
     batched_keys: int = 0
     max_batch: int = 0

@@ -85,6 +85,11 @@ class FakeRemote(RecordingMap):
             raise self.write_error
         self.store.update(items)
 
+    def discard(self, key: Hashable, future: asyncio.Future[Any]) -> None:
+        self.log.append(("discard", key))
+        if self.futures.get(key) is future:
+            del self.futures[key]
+
 
 # -- the protocol ------------------------------------------------------------
 

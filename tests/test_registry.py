@@ -94,7 +94,7 @@ async def test_stats_reports_each_built_loader() -> None:
     stats = loaders.stats()
     assert list(stats) == ["notes"]
     assert isinstance(stats["notes"], LoaderStats)
-    assert (stats["notes"].loads, stats["notes"].batches) == (3, 1)
+    assert (stats["notes"].local_misses, stats["notes"].batches) == (2, 1)
 
 
 def test_a_factory_must_return_a_dataloader() -> None:
@@ -270,7 +270,7 @@ async def test_leaving_a_request_logs_its_stats_at_debug(
         await loaders.notes.load_many([1, 2])
     (record,) = [r for r in caplog.records if r.name == "loadercache"]
     assert record.levelno == logging.DEBUG
-    assert record.getMessage() == "ViewerLoaders: notes 2 loads in 1 batches"
+    assert record.getMessage() == "ViewerLoaders: notes 2 keys in 1 batches"
     stats: Dict[str, Dict[str, Any]] = record.__dict__["loadercache_stats"]
     assert stats["notes"]["batched_keys"] == 2
 

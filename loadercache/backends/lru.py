@@ -16,7 +16,7 @@ except ImportError as error:  # pragma: no cover - exercised without the extra
         "pip install 'loadercache[lru]'"
     ) from error
 
-from loadercache.cache import MutableMappingCacheMap
+from loadercache.cache import MappingBackedCacheMap, MutableMappingCacheMap
 
 __all__ = ["LRUCacheMap", "TTLCacheMap"]
 
@@ -42,7 +42,7 @@ class LRUCacheMap(MutableMappingCacheMap[Hashable, Any]):
         super().__init__(cachetools.LRUCache(maxsize))
 
 
-class TTLCacheMap(MutableMappingCacheMap[Hashable, Any]):
+class TTLCacheMap(MappingBackedCacheMap[Hashable, Any]):
     """Keep at most *maxsize* keys, each for *ttl* seconds after it resolved.
 
     The time to live counts from when the value arrived, not from when the
