@@ -24,7 +24,7 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import fakeredis
 import pytest
@@ -275,3 +275,19 @@ class RedisServer:
         for name in ("info", "config|resetstat", *handshake):
             calls.pop(name, None)
         return calls
+
+
+Calls = List[List[Any]]
+
+
+def recorder(
+    compute: Callable[[Any], Any] = lambda key: {"id": key},
+) -> Tuple[Callable[[List[Any]], Any], Calls]:
+    """A batch function computing each value, and the list of calls it received."""
+    calls: Calls = []
+
+    async def batch_load(keys: List[Any]) -> List[Any]:
+        calls.append(list(keys))
+        return [compute(key) for key in keys]
+
+    return batch_load, calls

@@ -28,9 +28,13 @@ from loadercache.backends import LRUCacheMap
 from loadercache.backends.redis import RedisCacheMap, RedisStore, StoreStats
 from loadercache.backends.serializers import DeserializationError, MsgpackSerializer
 
-from ..redis_servers import delete_prefix, random_prefix, real_redis_url
-
-Calls = List[List[Any]]
+from ..redis_servers import (
+    Calls,
+    delete_prefix,
+    random_prefix,
+    real_redis_url,
+    recorder,
+)
 
 
 class Env:
@@ -79,19 +83,6 @@ async def env(request: pytest.FixtureRequest) -> AsyncIterator[Env]:
         yield env
     finally:
         await env.close()
-
-
-def recorder(
-    compute: Callable[[Any], Any] = lambda key: {"id": key},
-) -> tuple[Callable[[List[Any]], Any], Calls]:
-    """A batch function computing each value, and the calls it received."""
-    calls: Calls = []
-
-    async def batch_load(keys: List[Any]) -> List[Any]:
-        calls.append(list(keys))
-        return [compute(key) for key in keys]
-
-    return batch_load, calls
 
 
 def loader_on(

@@ -11,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List
+from typing import Any, Callable, Dict, List, Tuple
 
 import fakeredis
 import pytest
@@ -21,19 +20,8 @@ import redis.asyncio
 from loadercache import DataLoader
 from loadercache.backends.redis import RedisStore
 
-from ..redis_servers import RedisServer
-
-Calls = List[List[Any]]
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
+from ..redis_servers import Calls, RedisServer
+from ..redis_servers import recorder as shared_recorder
 
 
 class Clock:
@@ -48,14 +36,8 @@ class Clock:
 
 def recorder(
     compute: Callable[[Any], Any] = lambda key: f"value {key}",
-) -> tuple[Callable[[List[Any]], Any], Calls]:
-    calls: Calls = []
-
-    async def batch_load(keys: List[Any]) -> List[Any]:
-        calls.append(list(keys))
-        return [compute(key) for key in keys]
-
-    return batch_load, calls
+) -> Tuple[Callable[[List[Any]], Any], Calls]:
+    return shared_recorder(compute)
 
 
 async def request(store: RedisStore, batch_load: Any, keys: List[Any]) -> List[Any]:

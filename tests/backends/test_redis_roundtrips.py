@@ -12,7 +12,7 @@ trips.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Iterator, List
+from typing import Iterator
 
 import pytest
 from redis.asyncio.cluster import RedisCluster
@@ -20,32 +20,7 @@ from redis.asyncio.cluster import RedisCluster
 from loadercache import DataLoader
 from loadercache.backends.redis import RedisStore
 
-from ..redis_servers import RedisServer
-
-Calls = List[List[Any]]
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
-
-
-def recorder(
-    compute: Callable[[Any], Any] = lambda key: {"id": key},
-) -> tuple[Callable[[List[Any]], Any], Calls]:
-    calls: Calls = []
-
-    async def batch_load(keys: List[Any]) -> List[Any]:
-        calls.append(list(keys))
-        return [compute(key) for key in keys]
-
-    return batch_load, calls
-
+from ..redis_servers import RedisServer, recorder
 
 N, B = 120, 6
 
