@@ -47,6 +47,8 @@ TTL = 600.0
 # The store's value layout (see loadercache.backends.redis and .serializers):
 # a 16-byte generation token, a format-version byte, then msgpack.
 _HEADER = 17
+# The store's timeout in the set-up and under MONITOR, which slows Redis down.
+_SLOW = 10.0
 
 
 def unavailable() -> Optional[str]:
@@ -129,10 +131,14 @@ class _Run:
         n, size = self.sizes.redis_keys, self.sizes.redis_batch
         return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
 
-    def store(self, client: Any) -> Any:
+    def store(self, client: Any, timeout: Optional[float] = None) -> Any:
+        """A store with default settings, or a longer timeout for the set-up
+        and the MONITOR passes (MONITOR slows the server down)."""
         from loadercache.backends.redis import RedisStore
 
-        return RedisStore(client, prefix=self.prefix, ttl=TTL)
+        if timeout is None:
+            return RedisStore(client, prefix=self.prefix, ttl=TTL)
+        return RedisStore(client, prefix=self.prefix, ttl=TTL, timeout=timeout)
 
     def fresh_namespace(self) -> str:
         self.runs += 1
@@ -160,7 +166,7 @@ async def _populate(run: _Run) -> None:
 
     client = _client()
     try:
-        store = run.store(client)
+        store = run.store(client, timeout=_SLOW)
         # One batch, so one write-back round trip and one generation for all.
         loader: DataLoader[int, Any] = DataLoader(
             batch_fn(BatchCounter()), cache_map=store.cache_map("warm")
@@ -328,7 +334,7 @@ async def _server_counts(
 async def _cold_server_counts(run: _Run) -> None:
     client = _client()
     try:
-        store = run.store(client)
+        store = run.store(client, timeout=_SLOW)
         namespace = run.fresh_namespace()
 
         async def work() -> None:
