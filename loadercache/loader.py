@@ -26,6 +26,7 @@ import inspect
 import logging
 import reprlib
 import warnings
+import weakref
 from collections.abc import Hashable, Iterable, Mapping, MutableMapping
 from itertools import repeat
 from typing import (
@@ -86,7 +87,15 @@ class _Batch:
     ``cache_key_fn``), and empty when the loader does not cache.
     """
 
-    __slots__ = ("cache_keys", "closed", "futures", "keys", "loader", "loop")
+    __slots__ = (
+        "__weakref__",
+        "cache_keys",
+        "closed",
+        "futures",
+        "keys",
+        "loader",
+        "loop",
+    )
 
     def __init__(
         self,
@@ -114,15 +123,24 @@ class _LoadFuture(asyncio.Future):  # type: ignore[type-arg]
     finds in the cache without a second check on every hit.
     """
 
-    __slots__ = ("batch",)
-
-    batch: _Batch
+    # No slot for its batch: a pointer per cached key would outweigh the
+    # cost of finding the batch on the rare cancel.
+    __slots__ = ()
 
     def cancel(self, msg: Any = None) -> bool:
         if not super().cancel(msg):
             return False
-        self.batch.loader._forget_cancelled(self.batch, self)
+        for batch in list(_BATCHES_IN_FLIGHT):
+            if self in batch.futures:
+                batch.loader._forget_cancelled(batch, self)
+                break
         return True
+
+
+# Every batch from creation until its task ends: where a cancelled
+# _LoadFuture looks for its loader and cache key.  Weak, so a batch stranded
+# on a loop that closed before dispatching it goes with that loop.
+_BATCHES_IN_FLIGHT: weakref.WeakSet[_Batch] = weakref.WeakSet()
 
 
 def _never_cached(cache_key: Hashable) -> None:
@@ -499,7 +517,6 @@ class DataLoader(Generic[K, V]):
         if batch is None or batch.closed or len(batch.keys) == self._limit:
             batch = self._new_batch()
         future = _LoadFuture(loop=batch.loop)
-        future.batch = batch
         batch.keys.append(key)
         batch.futures.append(future)
         if self._caching:
@@ -524,6 +541,7 @@ class DataLoader(Generic[K, V]):
         # batch_schedule_fn raised, later loads would join it and wait
         # forever.
         self._batch = batch
+        _BATCHES_IN_FLIGHT.add(batch)
         return batch
 
     def _dispatch_batch(self, batch: _Batch) -> None:
@@ -534,7 +552,11 @@ class DataLoader(Generic[K, V]):
         task = loop.create_task(self._run_batch(batch))
         # The event loop keeps only weak references to tasks.
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(functools.partial(self._batch_done, batch))
+
+    def _batch_done(self, batch: _Batch, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        _BATCHES_IN_FLIGHT.discard(batch)
 
     async def _run_batch(self, batch: _Batch) -> None:
         batch.closed = True

@@ -1000,10 +1000,13 @@ async def test_cancelled_load_is_not_left_in_the_cache(
     gate.open.set()
     assert await within(kept) == "b"
     assert await within(loader.load("a")) == "a"
-    # The batch still loaded "a": a shared tier keeps that value and answers
-    # the next load; a local map only ever held the cancelled future.
-    shared = isinstance(cache_map, RemoteTier)
-    assert gate.calls == [["a", "b"]] + ([] if shared else [["a"]])
+    # A local map only ever held the cancelled future: "a" is loaded again.
+    # The batch did load "a", so a shared tier may answer the next load
+    # instead, once its background write-back has landed.
+    if isinstance(cache_map, RemoteTier):
+        assert gate.calls in ([["a", "b"]], [["a", "b"], ["a"]])
+    else:
+        assert gate.calls == [["a", "b"], ["a"]]
 
 
 async def test_loads_cancelled_before_dispatch_are_not_loaded(
