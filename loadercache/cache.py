@@ -71,7 +71,6 @@ from typing import (
 __all__ = [
     "MISS",
     "CacheMap",
-    "MappingBackedCacheMap",
     "MutableMappingCacheMap",
     "RemoteTier",
     "RemoteTierError",
@@ -168,21 +167,26 @@ class RemoteTier(Protocol[KT_contra, VT_contra]):
         ...
 
 
-class MappingBackedCacheMap(Generic[KT, VT]):
-    """The part of a cache map over a ``MutableMapping`` that every such map shares.
+class MutableMappingCacheMap(Generic[KT, VT]):
+    """Adapt a ``MutableMapping`` (a dict, a cachetools cache) to :class:`CacheMap`.
 
-    ``get`` is the mapping's own bound method, so a ``dict`` costs one C call
-    per ``load()``.  Subclasses add ``set``: :class:`MutableMappingCacheMap`
-    stores as is, ``TTLCacheMap`` restarts a key's clock when it resolves.
+    ``get`` and ``set`` are the mapping's own bound methods, so over a
+    ``dict`` a ``load()`` costs one C call to look up and one to store.
+
+    >>> cache_map = MutableMappingCacheMap({})
+    >>> cache_map.get("a") is None
+    True
     """
 
-    __slots__ = ("get", "mapping")
+    __slots__ = ("get", "mapping", "set")
 
     get: Callable[[KT], Optional[asyncio.Future[VT]]]
+    set: Callable[[KT, asyncio.Future[VT]], None]
 
     def __init__(self, mapping: MutableMapping[KT, asyncio.Future[VT]]) -> None:
         self.mapping = mapping
         self.get = mapping.get
+        self.set = mapping.__setitem__
 
     def delete(self, key: KT) -> None:
         self.mapping.pop(key, None)
@@ -195,26 +199,6 @@ class MappingBackedCacheMap(Generic[KT, VT]):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.mapping!r})"
-
-
-class MutableMappingCacheMap(MappingBackedCacheMap[KT, VT]):
-    """Adapt a ``MutableMapping`` (a dict, a cachetools cache) to :class:`CacheMap`.
-
-    ``get`` and ``set`` are the mapping's own bound methods, so over a
-    ``dict`` a ``load()`` costs one C call to look up and one to store.
-
-    >>> cache_map = MutableMappingCacheMap({})
-    >>> cache_map.get("a") is None
-    True
-    """
-
-    __slots__ = ("set",)
-
-    set: Callable[[KT, asyncio.Future[VT]], None]
-
-    def __init__(self, mapping: MutableMapping[KT, asyncio.Future[VT]]) -> None:
-        super().__init__(mapping)
-        self.set = mapping.__setitem__
 
 
 _PROTOCOL_METHODS = ("get", "set", "delete", "clear")
