@@ -416,9 +416,7 @@ def _loop_factory(use_uvloop: bool) -> Tuple[LoopFactory, str]:
     try:
         import uvloop
     except ImportError:
-        raise SystemExit(
-            "--uvloop needs uvloop: pip install -r benchmarks/requirements.txt"
-        ) from None
+        raise SystemExit("--uvloop needs uvloop: pip install -e '.[bench]'") from None
     return uvloop.new_event_loop, f"uvloop {getattr(uvloop, '__version__', '?')}"
 
 

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 REQUIRE_REDIS = os.environ.get("LOADERCACHE_REQUIRE_REDIS") == "1"
 
 for _peer in ("aiodataloader", "strawberry", "graphql"):
-    pytest.importorskip(_peer, reason="pip install -r benchmarks/requirements.txt")
+    pytest.importorskip(_peer, reason="pip install -e '.[bench]'")
 
 
 @pytest.fixture(scope="module")
