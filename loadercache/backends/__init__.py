@@ -1,6 +1,6 @@
 """Cache maps for :class:`loadercache.DataLoader`.
 
-``DictCacheMap`` needs nothing; ``LRUCacheMap`` and ``TTLCacheMap`` need
+``DictCacheMap`` and ``TTLCacheMap`` need nothing; ``LRUCacheMap`` needs
 ``cachetools`` (``pip install 'loadercache[lru]'``); the Redis map lives in
 :mod:`loadercache.backends.redis` and needs ``pip install 'loadercache[redis]'``.
 """
@@ -9,15 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from loadercache.backends.local import DictCacheMap
+from loadercache.backends.local import DictCacheMap, TTLCacheMap
 
 __all__ = ["DictCacheMap", "LRUCacheMap", "TTLCacheMap"]
 
 
 def __getattr__(name: str) -> Any:
-    # The cachetools-backed maps are imported on first use, so that
-    # DictCacheMap works without the extra installed.
-    if name in ("LRUCacheMap", "TTLCacheMap"):
+    # The cachetools-backed map is imported on first use, so that the others
+    # work without the extra installed.
+    if name == "LRUCacheMap":
         from loadercache.backends import lru
 
         return getattr(lru, name)

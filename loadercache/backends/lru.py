@@ -1,30 +1,21 @@
-"""Bounded in-process cache maps over ``cachetools``: LRU and TTL."""
+"""The bounded in-process cache map over ``cachetools``: LRU."""
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import time
-from collections import OrderedDict
 from collections.abc import Hashable
-from typing import Any, Callable, Dict, Optional
+from typing import Any
 
 try:
     import cachetools
 except ImportError as error:  # pragma: no cover - exercised without the extra
     raise ImportError(
-        "LRUCacheMap and TTLCacheMap need cachetools; install it with: "
-        "pip install 'loadercache[lru]'"
+        "LRUCacheMap needs cachetools; install it with: pip install 'loadercache[lru]'"
     ) from error
 
+from loadercache.backends.local import _check_maxsize
 from loadercache.cache import MutableMappingCacheMap
 
-__all__ = ["LRUCacheMap", "TTLCacheMap"]
-
-
-def _check_maxsize(maxsize: object) -> None:
-    if isinstance(maxsize, bool) or not isinstance(maxsize, int) or maxsize < 1:
-        raise TypeError(f"maxsize must be a positive int, but got {maxsize!r}.")
+__all__ = ["LRUCacheMap"]
 
 
 class LRUCacheMap(MutableMappingCacheMap[Hashable, Any]):
@@ -41,81 +32,3 @@ class LRUCacheMap(MutableMappingCacheMap[Hashable, Any]):
     def __init__(self, maxsize: int) -> None:
         _check_maxsize(maxsize)
         super().__init__(cachetools.LRUCache(maxsize))
-
-
-class TTLCacheMap:
-    """Keep at most *maxsize* keys, each for *ttl* seconds after it resolved.
-
-    The time to live counts from when the value arrived, not from when the
-    load was queued: a slow batch does not shorten it, and a key never expires
-    while it is being loaded.  Beyond *maxsize* keys the least recently used
-    goes first.  ``timer`` (default ``time.monotonic``) is the clock, so tests
-    can move time without sleeping.
-
-    >>> loader = DataLoader(fetch_rates, cache_map=TTLCacheMap(1024, ttl=30))
-    """
-
-    # Not over cachetools' TTLCache: its clock starts at insertion (the queued
-    # load), and restarting it on resolution meant a second insert per key.
-    # An OrderedDict keeps the LRU order in C; a deadline is stamped once, when
-    # the future resolves.
-    __slots__ = ("_deadlines", "_futures", "_timer", "maxsize", "ttl")
-
-    def __init__(
-        self,
-        maxsize: int,
-        ttl: float,
-        timer: Callable[[], float] = time.monotonic,
-    ) -> None:
-        _check_maxsize(maxsize)
-        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or ttl <= 0:
-            raise TypeError(f"ttl must be a positive number, but got {ttl!r}.")
-        self.maxsize = maxsize
-        self.ttl = ttl
-        self._timer = timer
-        self._futures: OrderedDict[Hashable, asyncio.Future[Any]] = OrderedDict()
-        self._deadlines: Dict[Hashable, float] = {}
-
-    def get(self, key: Hashable) -> Optional[asyncio.Future[Any]]:
-        future = self._futures.get(key)
-        if future is None:
-            return None
-        deadline = self._deadlines.get(key)
-        if deadline is not None and self._timer() >= deadline:
-            self.delete(key)
-            return None
-        self._futures.move_to_end(key)
-        return future
-
-    def set(self, key: Hashable, value: asyncio.Future[Any]) -> None:
-        futures = self._futures
-        futures[key] = value
-        futures.move_to_end(key)
-        if value.done():
-            self._deadlines[key] = self._timer() + self.ttl
-        else:
-            self._deadlines.pop(key, None)
-            value.add_done_callback(functools.partial(self._resolved, key))
-        if len(futures) > self.maxsize:
-            oldest, _ = futures.popitem(last=False)
-            self._deadlines.pop(oldest, None)
-
-    def _resolved(self, key: Hashable, future: asyncio.Future[Any]) -> None:
-        # Only if the key still holds this future: it may have been cleared,
-        # evicted or replaced while it loaded.
-        if self._futures.get(key) is future:
-            self._deadlines[key] = self._timer() + self.ttl
-
-    def delete(self, key: Hashable) -> None:
-        self._futures.pop(key, None)
-        self._deadlines.pop(key, None)
-
-    def clear(self) -> None:
-        self._futures.clear()
-        self._deadlines.clear()
-
-    def __len__(self) -> int:
-        return len(self._futures)
-
-    def __repr__(self) -> str:
-        return f"TTLCacheMap(maxsize={self.maxsize}, ttl={self.ttl})"
