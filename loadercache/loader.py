@@ -546,8 +546,8 @@ class DataLoader(Generic[K, V]):
 
     def _dispatch_batch(self, batch: _Batch) -> None:
         """The scheduled callback: start the task that runs the batch."""
-        loop = self._loop
-        if loop is None or loop.is_closed():
+        loop = batch.loop
+        if loop.is_closed():
             return
         task = loop.create_task(self._run_batch(batch))
         # The event loop keeps only weak references to tasks.
