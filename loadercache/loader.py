@@ -34,6 +34,7 @@ from typing import (
     Awaitable,
     Callable,
     ClassVar,
+    Dict,
     Generic,
     List,
     Literal,
@@ -95,6 +96,7 @@ class _Batch:
         "keys",
         "loader",
         "loop",
+        "positions",
     )
 
     def __init__(
@@ -111,6 +113,19 @@ class _Batch:
         )
         self.futures: List[asyncio.Future[Any]] = []
         self.closed = False
+        # id(future) -> index, built on the first cancel that searches here.
+        self.positions: Optional[Dict[int, int]] = None
+
+    def position(self, future: asyncio.Future[Any]) -> Optional[int]:
+        """Where *future* is in this batch, or None; O(1) after the first call."""
+        positions = self.positions
+        if positions is None:
+            positions = self.positions = {}
+        futures = self.futures
+        # Index the loads that joined since the last call (an open batch grows).
+        for i in range(len(positions), len(futures)):
+            positions[id(futures[i])] = i
+        return positions.get(id(future))
 
 
 class _LoadFuture(asyncio.Future):  # type: ignore[type-arg]
@@ -131,8 +146,10 @@ class _LoadFuture(asyncio.Future):  # type: ignore[type-arg]
         if not super().cancel(msg):
             return False
         for batch in list(_BATCHES_IN_FLIGHT):
-            if self in batch.futures:
-                batch.loader._forget_cancelled(batch, self)
+            i = batch.position(self)
+            if i is not None:
+                if batch.cache_keys:
+                    batch.loader._forget(batch.cache_keys[i], self)
                 break
         return True
 
@@ -740,10 +757,6 @@ class DataLoader(Generic[K, V]):
                 self._forget(cache_keys[i], future)
             if not future.done():
                 future.set_exception(error)
-
-    def _forget_cancelled(self, batch: _Batch, future: asyncio.Future[V]) -> None:
-        if batch.cache_keys:
-            self._forget(batch.cache_keys[batch.futures.index(future)], future)
 
     def _forget(self, cache_key: Hashable, future: asyncio.Future[V]) -> None:
         """Drop a load that failed, was cancelled or whose error is not cached.

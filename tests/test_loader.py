@@ -988,6 +988,27 @@ async def test_cancelling_every_awaiter_during_a_reload_leaves_no_lost_error() -
     loader.clear(1)
 
 
+async def test_many_loads_cancelled_in_flight_each_leave_the_cache() -> None:
+    gate = Gate()
+    loader = DataLoader(gate)
+    first = [loader.load(key) for key in range(200)]
+    second = [loader.load(key) for key in range(200, 400)]
+    await within(gate.running.wait())
+    cancelled = first[::2] + second[1::2]
+    for future in cancelled:
+        future.cancel()
+    gate.open.set()
+    kept = first[1::2] + second[::2]
+    assert await within(asyncio.gather(*kept)) == [
+        *range(1, 200, 2),
+        *range(200, 400, 2),
+    ]
+    # Every cancelled key is loaded again, in one batch; no kept key is.
+    reloaded = [*range(0, 200, 2), *range(201, 400, 2)]
+    assert await within(loader.load_many(reloaded)) == reloaded
+    assert gate.calls == [list(range(400)), reloaded]
+
+
 async def test_cancelled_load_is_not_left_in_the_cache(
     cache_map_factory: CacheMapFactory,
 ) -> None:
