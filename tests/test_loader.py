@@ -17,8 +17,8 @@ import pytest
 from loadercache import DataLoader, RemoteTier
 
 from .conftest import CacheMapFactory
+from .helpers import Calls, Gate, within
 
-Calls = List[List[Any]]
 T = TypeVar("T")
 
 
@@ -31,21 +31,6 @@ def identity_loader(**options: Any) -> Tuple[DataLoader[Any, Any], Calls]:
         return keys
 
     return DataLoader(batch_load, **options), calls
-
-
-class Gate:
-    """A batch function that records its calls and waits to be let through."""
-
-    def __init__(self) -> None:
-        self.calls: Calls = []
-        self.running = asyncio.Event()
-        self.open = asyncio.Event()
-
-    async def __call__(self, keys: List[Any]) -> List[Any]:
-        self.calls.append(list(keys))
-        self.running.set()
-        await self.open.wait()
-        return keys
 
 
 async def ticks(n: int = 5) -> None:
@@ -73,11 +58,6 @@ def run(main: Awaitable[T]) -> T:
                 loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
         finally:
             loop.close()
-
-
-async def within(awaitable: Any, timeout: float = 1.0) -> Any:
-    """Await, failing instead of hanging if it never settles."""
-    return await asyncio.wait_for(awaitable, timeout)
 
 
 # -- construction ------------------------------------------------------------

@@ -17,20 +17,7 @@ import pytest
 from loadercache import CacheMap, DataLoader
 from loadercache.backends import DictCacheMap, LRUCacheMap, TTLCacheMap
 
-
-class Gate:
-    """A batch function that records its calls and waits to be let through."""
-
-    def __init__(self) -> None:
-        self.calls: List[List[Any]] = []
-        self.running = asyncio.Event()
-        self.open = asyncio.Event()
-
-    async def __call__(self, keys: List[Any]) -> List[Any]:
-        self.calls.append(list(keys))
-        self.running.set()
-        await self.open.wait()
-        return keys
+from ..helpers import Gate, within
 
 
 class FakeTimer:
@@ -47,10 +34,6 @@ def open_loader(cache_map: Any) -> tuple[DataLoader[Any, Any], Gate]:
     gate = Gate()
     gate.open.set()
     return DataLoader(gate, cache_map=cache_map), gate
-
-
-async def within(awaitable: Any, timeout: float = 1.0) -> Any:
-    return await asyncio.wait_for(awaitable, timeout)
 
 
 # -- DictCacheMap ------------------------------------------------------------

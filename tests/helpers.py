@@ -1,0 +1,28 @@
+"""Helpers the loader and backend tests share: a gated batch function, timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, List
+
+Calls = List[List[Any]]
+
+
+class Gate:
+    """A batch function that records its calls and waits to be let through."""
+
+    def __init__(self) -> None:
+        self.calls: Calls = []
+        self.running = asyncio.Event()
+        self.open = asyncio.Event()
+
+    async def __call__(self, keys: List[Any]) -> List[Any]:
+        self.calls.append(list(keys))
+        self.running.set()
+        await self.open.wait()
+        return keys
+
+
+async def within(awaitable: Any, timeout: float = 1.0) -> Any:
+    """Await, failing instead of hanging if it never settles."""
+    return await asyncio.wait_for(awaitable, timeout)
