@@ -17,7 +17,7 @@ import subprocess
 import sys
 import textwrap
 import uuid
-from typing import Any, AsyncIterator, Callable, Dict, List, Optional
+from typing import Any, AsyncIterator, Dict, List, Optional
 
 import fakeredis
 import pytest
@@ -28,8 +28,8 @@ from loadercache.backends import LRUCacheMap
 from loadercache.backends.redis import RedisCacheMap, RedisStore, StoreStats
 from loadercache.backends.serializers import DeserializationError, MsgpackSerializer
 
+from ..helpers import Gate
 from ..redis_servers import (
-    Calls,
     delete_prefix,
     random_prefix,
     real_redis_url,
@@ -295,23 +295,6 @@ async def test_a_prime_before_clear_all_is_forgotten_with_it(env: Env) -> None:
     reader = loader_on(env.store(), batch_load)
     assert await reader.load_many([1, 2]) == [{"id": 1}, {"id": 2}]
     assert calls == [[2], [1, 2]]
-
-
-class Gate:
-    """A batch function that reads its values, then waits to be let through."""
-
-    def __init__(self, compute: Callable[[Any], Any]) -> None:
-        self.compute = compute
-        self.calls: Calls = []
-        self.running = asyncio.Event()
-        self.open = asyncio.Event()
-
-    async def __call__(self, keys: List[Any]) -> List[Any]:
-        self.calls.append(list(keys))
-        values = [self.compute(key) for key in keys]
-        self.running.set()
-        await self.open.wait()
-        return values
 
 
 async def test_a_value_loaded_before_clear_all_is_not_served_after_it(
