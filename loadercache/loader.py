@@ -715,10 +715,10 @@ class DataLoader(Generic[K, V]):
             futures, values, cache_keys or repeat(_NO_KEY)
         ):
             if future.done():
-                # Cancelled by its caller while the batch ran.
-                if cache_key is not _NO_KEY and future.cancelled():
-                    self._forget(cache_key, future)
-            elif isinstance(value, Exception):
+                # Cancelled by its caller while the batch ran; it left the
+                # cache then (_LoadFuture.cancel).
+                continue
+            if isinstance(value, Exception):
                 future.set_exception(value)
                 if cache_key is not _NO_KEY and not self._caches(value):
                     self._forget(cache_key, future)
