@@ -25,6 +25,20 @@ from ..redis_servers import RedisServer, recorder
 N, B = 120, 6
 
 
+def assert_b_reads_and_at_most_b_writes(server: RedisServer) -> int:
+    """Check the server's counts for N keys over B batches; return the writes.
+
+    Each write round trip ends with one PEXPIRE of the generation key.
+    """
+    counted = server.command_calls()
+    writes = counted["pexpire"]
+    assert 1 <= writes <= B
+    # Every value once, plus at most one generation created per write.
+    assert N < counted["set"] <= N + writes
+    assert counted == {"get": B, "mget": B, "set": counted["set"], "pexpire": writes}
+    return writes
+
+
 async def test_n_keys_over_b_concurrent_batches_cost_b_reads_and_at_most_b_writes(
     server: RedisServer,
 ) -> None:
@@ -37,12 +51,7 @@ async def test_n_keys_over_b_concurrent_batches_cost_b_reads_and_at_most_b_write
     assert await loader.load_many(range(N)) == [{"id": key} for key in range(N)]
     await store.flush()
     assert len(calls) == B
-    counted = server.command_calls()
-    writes = counted["pexpire"]
-    assert 1 <= writes <= B
-    # Every value once, plus at most one generation created per write.
-    assert N < counted["set"] <= N + writes
-    assert counted == {"get": B, "mget": B, "set": counted["set"], "pexpire": writes}
+    writes = assert_b_reads_and_at_most_b_writes(server)
     assert (store.stats.reads, store.stats.writes) == (B, writes)
 
     # Another process, B batches again: B reads, all hits, nothing written.
@@ -72,11 +81,7 @@ async def test_n_keys_over_b_successive_batches_cost_b_reads_and_at_most_b_write
         assert await loader.load_many(keys) == [{"id": key} for key in keys]
     await store.flush()
     assert len(calls) == B
-    counted = server.command_calls()
-    writes = counted["pexpire"]
-    assert 1 <= writes <= B
-    assert N < counted["set"] <= N + writes
-    assert counted == {"get": B, "mget": B, "set": counted["set"], "pexpire": writes}
+    assert_b_reads_and_at_most_b_writes(server)
     await store.aclose()
 
 
