@@ -101,16 +101,40 @@ def test_the_yielded_span_takes_attributes(spans: Spans) -> None:
     assert (finished.attributes or {})["loadercache.hits"] == 3
 
 
-def test_without_an_explicit_provider_spans_follow_the_global_api(
-    spans: Spans,
-) -> None:
+def test_without_a_configured_sdk_spans_are_the_shared_noop(spans: Spans) -> None:
+    # The global provider of this process is still the API's proxy: its
+    # spans would record nothing, so none is made.
     tracing.set_tracer_provider(None)
-    with tracing.batch_span("users", 1) as span:
-        # Whatever the global provider is, the span comes from the API, not
-        # from the no-op this module returns when the API is absent.
-        assert span is not tracing.NOOP_SPAN
-        assert isinstance(span, trace.Span)
-    assert spans.finished() == []
+    assert isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    assert tracing.batch_span("users", 1) is tracing.NOOP_SPAN
+    assert tracing.redis_span("get_many", 1) is tracing.NOOP_SPAN
+    tracing.set_tracer_provider(trace.NoOpTracerProvider())
+    assert tracing.batch_span("users", 1) is tracing.NOOP_SPAN
+
+
+def test_spans_follow_a_global_provider_configured_after_the_first_span() -> None:
+    # The global provider can be set once per process: a process of its own.
+    out = run_python(
+        """
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+            InMemorySpanExporter,
+        )
+        from loadercache import tracing
+
+        print(tracing.batch_span("users", 1) is tracing.NOOP_SPAN)
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        trace.set_tracer_provider(provider)
+        with tracing.batch_span("users", 1):
+            pass
+        print([span.name for span in exporter.get_finished_spans()])
+        """
+    )
+    assert out.splitlines() == ["True", "['loadercache.batch']"]
 
 
 # -- a real loader's spans (loader._run_batch calls tracing.batch_span) ------
