@@ -26,7 +26,6 @@ import inspect
 import logging
 import reprlib
 import warnings
-import weakref
 from collections.abc import Hashable, Iterable, Mapping, MutableMapping
 from itertools import repeat
 from typing import (
@@ -34,7 +33,6 @@ from typing import (
     Awaitable,
     Callable,
     ClassVar,
-    Dict,
     Generic,
     List,
     Literal,
@@ -88,24 +86,11 @@ class _Batch:
     ``cache_key_fn``), and empty when the loader does not cache.
     """
 
-    __slots__ = (
-        "__weakref__",
-        "cache_keys",
-        "closed",
-        "futures",
-        "keys",
-        "loader",
-        "loop",
-        "positions",
-    )
+    __slots__ = ("cache_keys", "closed", "futures", "keys", "loop")
 
     def __init__(
-        self,
-        loader: DataLoader[Any, Any],
-        loop: asyncio.AbstractEventLoop,
-        cache_keys: Optional[List[Hashable]],
+        self, loop: asyncio.AbstractEventLoop, cache_keys: Optional[List[Hashable]]
     ) -> None:
-        self.loader = loader
         self.loop = loop
         self.keys: List[Any] = []
         self.cache_keys: List[Hashable] = (
@@ -113,51 +98,6 @@ class _Batch:
         )
         self.futures: List[asyncio.Future[Any]] = []
         self.closed = False
-        # id(future) -> index, built on the first cancel that searches here.
-        self.positions: Optional[Dict[int, int]] = None
-
-    def position(self, future: asyncio.Future[Any]) -> Optional[int]:
-        """Where *future* is in this batch, or None; O(1) after the first call."""
-        positions = self.positions
-        if positions is None:
-            positions = self.positions = {}
-        futures = self.futures
-        # Index the loads that joined since the last call (an open batch grows).
-        for i in range(len(positions), len(futures)):
-            positions[id(futures[i])] = i
-        return positions.get(id(future))
-
-
-class _LoadFuture(asyncio.Future):  # type: ignore[type-arg]
-    """The future of a queued load, which leaves the cache the moment it is cancelled.
-
-    A caller's cancellation (a timeout, a client gone) cancels the future it
-    awaits.  Were that future left in the cache until its batch settled, a
-    load in between would be handed a cancelled future; removing it here, in
-    ``cancel()`` itself, is what lets ``load()`` trust any finished future it
-    finds in the cache without a second check on every hit.
-    """
-
-    # No slot for its batch: a pointer per cached key would outweigh the
-    # cost of finding the batch on the rare cancel.
-    __slots__ = ()
-
-    def cancel(self, msg: Any = None) -> bool:
-        if not super().cancel(msg):
-            return False
-        for batch in list(_BATCHES_IN_FLIGHT):
-            i = batch.position(self)
-            if i is not None:
-                if batch.cache_keys:
-                    batch.loader._forget(batch.cache_keys[i], self)
-                break
-        return True
-
-
-# Every batch from creation until its task ends: where a cancelled
-# _LoadFuture looks for its loader and cache key.  Weak, so a batch stranded
-# on a loop that closed before dispatching it goes with that loop.
-_BATCHES_IN_FLIGHT: weakref.WeakSet[_Batch] = weakref.WeakSet()
 
 
 def _never_cached(cache_key: Hashable) -> None:
@@ -324,7 +264,6 @@ class DataLoader(Generic[K, V]):
         self._batch: Optional[_Batch] = None
         self._tasks: Set[asyncio.Task[None]] = set()
         self._stats = LoaderStats()
-        # Kept apart from _stats: these two are counted on the hot path.
         # Kept apart from _stats: counted per load.  Cache hits are not
         # counted at all: that would add a sixth to the cost of a hit.
         self._misses = 0
@@ -373,17 +312,17 @@ class DataLoader(Generic[K, V]):
         try:
             future = self._get(cache_key)
         except TypeError:
-            if _is_hashable(cache_key):
+            error = _unhashable_error(cache_key)
+            if error is None:
                 raise
-            raise TypeError(
-                f"cache key {_short.repr(cache_key)} is unhashable; pass "
-                "cache_key_fn= to map it to a hashable key."
-            ) from None
+            raise error from None
         if future is not None:
-            # Never a cancelled future: _LoadFuture.cancel removes it at once.
-            if future.done():
+            if not future.done():
+                return self._share(future, key)
+            if not future.cancelled():
                 return future
-            return self._share(future, key)
+            # Cancelled by its caller before its batch settled, and left in
+            # the cache until then: this load replaces it.
         return self._enqueue(key, cache_key)
 
     @overload
@@ -461,11 +400,9 @@ class DataLoader(Generic[K, V]):
 
     def _cache_key(self, key: K) -> Hashable:
         cache_key = key if self._key_fn is None else self._key_fn(key)
-        if not _is_hashable(cache_key):
-            raise TypeError(
-                f"cache key {_short.repr(cache_key)} is unhashable; pass "
-                "cache_key_fn= to map it to a hashable key."
-            )
+        error = _unhashable_error(cache_key)
+        if error is not None:
+            raise error
         return cache_key
 
     def _bound_loop(self) -> asyncio.AbstractEventLoop:
@@ -533,7 +470,7 @@ class DataLoader(Generic[K, V]):
         batch = self._batch
         if batch is None or batch.closed or len(batch.keys) == self._limit:
             batch = self._new_batch()
-        future = _LoadFuture(loop=batch.loop)
+        future: asyncio.Future[V] = batch.loop.create_future()
         batch.keys.append(key)
         batch.futures.append(future)
         if self._caching:
@@ -546,9 +483,7 @@ class DataLoader(Generic[K, V]):
         # The loop is checked once per batch, not per load: on Python 3.11 and
         # older, asyncio.get_running_loop() makes a getpid() system call.
         loop = self._bound_loop()
-        batch = _Batch(
-            self, loop, None if self._caching and self._key_fn is None else []
-        )
+        batch = _Batch(loop, None if self._caching and self._key_fn is None else [])
         callback = functools.partial(self._dispatch_batch, batch)
         if self._schedule is None:
             loop.call_soon(callback)
@@ -558,7 +493,6 @@ class DataLoader(Generic[K, V]):
         # batch_schedule_fn raised, later loads would join it and wait
         # forever.
         self._batch = batch
-        _BATCHES_IN_FLIGHT.add(batch)
         return batch
 
     def _dispatch_batch(self, batch: _Batch) -> None:
@@ -569,11 +503,7 @@ class DataLoader(Generic[K, V]):
         task = loop.create_task(self._run_batch(batch))
         # The event loop keeps only weak references to tasks.
         self._tasks.add(task)
-        task.add_done_callback(functools.partial(self._batch_done, batch))
-
-    def _batch_done(self, batch: _Batch, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        _BATCHES_IN_FLIGHT.discard(batch)
+        task.add_done_callback(self._tasks.discard)
 
     async def _run_batch(self, batch: _Batch) -> None:
         batch.closed = True
@@ -634,8 +564,12 @@ class DataLoader(Generic[K, V]):
         cache_keys: List[Hashable],
         futures: List[asyncio.Future[V]],
     ) -> Tuple[List[Any], List[Hashable], List[asyncio.Future[V]]]:
-        # Cancelled ones already left the cache (_LoadFuture.cancel).
-        kept = [i for i, future in enumerate(futures) if not future.done()]
+        kept = []
+        for i, future in enumerate(futures):
+            if not future.done():
+                kept.append(i)
+            elif cache_keys:
+                self._forget(cache_keys[i], future)  # cancelled by its caller
         if cache_keys:
             cache_keys = [cache_keys[i] for i in kept]
         return [keys[i] for i in kept], cache_keys, [futures[i] for i in kept]
@@ -665,6 +599,8 @@ class DataLoader(Generic[K, V]):
                 todo.append(i)
             elif not futures[i].done():
                 futures[i].set_result(value)
+            else:
+                self._forget(cache_keys[i], futures[i])  # cancelled meanwhile
         self._stats.remote_hits += len(found) - len(todo)
         self._stats.remote_misses += len(todo)
         if len(todo) == len(keys):
@@ -715,15 +651,21 @@ class DataLoader(Generic[K, V]):
             futures, values, cache_keys or repeat(_NO_KEY)
         ):
             if future.done():
-                # Cancelled by its caller while the batch ran; it left the
-                # cache then (_LoadFuture.cancel).
+                # Cancelled by its caller while the batch ran.
+                if cache_key is not _NO_KEY:
+                    self._forget(cache_key, future)
                 continue
             if isinstance(value, Exception):
-                future.set_exception(value)
-                if cache_key is not _NO_KEY and not self._caches(value):
-                    self._forget(cache_key, future)
+                self._reject(future, value, cache_key)
             else:
                 future.set_result(value)
+
+    def _reject(
+        self, future: asyncio.Future[V], error: Exception, cache_key: Hashable
+    ) -> None:
+        future.set_exception(error)
+        if cache_key is not _NO_KEY and not self._caches(error):
+            self._forget(cache_key, future)
 
     def _caches(self, error: Exception) -> bool:
         """Apply the cache_exceptions policy to a per-key exception."""
@@ -776,12 +718,16 @@ class DataLoader(Generic[K, V]):
 _PROPAGATE = (asyncio.CancelledError, KeyboardInterrupt, SystemExit, GeneratorExit)
 
 
-def _is_hashable(value: object) -> bool:
+def _unhashable_error(cache_key: object) -> Optional[TypeError]:
+    """The error for an unhashable cache key; None if *cache_key* is hashable."""
     try:
-        hash(value)
+        hash(cache_key)
     except TypeError:
-        return False
-    return True
+        return TypeError(
+            f"cache key {_short.repr(cache_key)} is unhashable; pass "
+            "cache_key_fn= to map it to a hashable key."
+        )
+    return None
 
 
 def _copy_outcome(target: asyncio.Future[Any], source: asyncio.Future[Any]) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
-from typing import Any, Awaitable, Callable, Dict, List, Tuple, TypeVar
+from typing import Any, Awaitable, Callable, Dict, List, Sequence, Tuple, TypeVar
 
 import pytest
 
@@ -243,6 +243,18 @@ async def test_repr_shows_the_name_but_not_the_cached_values() -> None:
     assert repr(loader) == "<DataLoader 'users' cache_map=MutableMappingCacheMap>"
 
 
+async def test_a_subclass_that_skips_init_fails_with_attribute_error() -> None:
+    class Broken(DataLoader[int, int]):
+        def __init__(self) -> None:  # never calls DataLoader.__init__
+            pass
+
+        async def batch_load_fn(self, keys: List[int]) -> List[int]:
+            return keys
+
+    with pytest.raises(AttributeError):
+        Broken().load(1)
+
+
 # -- event loops -------------------------------------------------------------
 
 
@@ -353,6 +365,38 @@ async def test_loader_used_from_a_loop_in_another_thread_raises_runtime_error() 
         thread.join()
         other.close()
     assert calls == [[1]]
+
+
+class _LoopFuture(asyncio.Future):  # type: ignore[type-arg]
+    """The future type of a loop that overrides create_future (as uvloop does)."""
+
+
+class _FutureMakingLoop(asyncio.SelectorEventLoop):
+    def create_future(self) -> asyncio.Future[Any]:
+        return _LoopFuture(loop=self)
+
+
+def test_loads_are_futures_of_the_loops_own_create_future() -> None:
+    async def main() -> None:
+        loader, calls = identity_loader()
+        first = loader.load(1)
+        assert type(first) is _LoopFuture
+        assert await within(first) == 1
+        # A hit, an in-flight key and a cancelled load, on that future type.
+        assert loader.load(1) is first
+        pending = loader.load(2)
+        shared = loader.load(2)
+        cancelled = loader.load(3)
+        cancelled.cancel()
+        assert await within(asyncio.gather(pending, shared)) == [2, 2]
+        assert await within(loader.load(3)) == 3
+        assert calls == [[1], [2], [3]]
+
+    loop = _FutureMakingLoop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
 
 
 # -- load, load_many, clear, prime -------------------------------------------
@@ -676,6 +720,37 @@ async def test_mapping_result_resolves_missing_keys_to_none(
     assert results[:2] == ["one", "two"]
     assert isinstance(results[2], KeyError)
     assert results[3] is None
+
+
+class _Values(Sequence[Any]):
+    """A Sequence that is neither a list nor a tuple."""
+
+    def __init__(self, values: List[Any]) -> None:
+        self.values = values
+
+    def __getitem__(self, index: Any) -> Any:
+        return self.values[index]
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [tuple, _Values, iter, lambda values: (value for value in values)],
+    ids=["tuple", "sequence", "iterator", "generator"],
+)
+async def test_any_iterable_of_values_settles_the_batch(
+    wrap: Callable[[List[Any]], Any],
+) -> None:
+    error = KeyError(2)
+
+    async def batch_load(keys: List[int]) -> Any:
+        return wrap([error if key == 2 else key * 10 for key in keys])
+
+    loader = DataLoader(batch_load)
+    results = await within(loader.load_many([1, 2, 3], return_exceptions=True))
+    assert results == [10, error, 30]
 
 
 async def test_per_key_exception_rejects_that_key_only_and_is_cached(
@@ -1008,6 +1083,25 @@ async def test_cancelled_load_is_not_left_in_the_cache(
         assert gate.calls in ([["a", "b"]], [["a", "b"], ["a"]])
     else:
         assert gate.calls == [["a", "b"], ["a"]]
+
+
+async def test_a_load_replacing_a_cancelled_one_outlives_the_first_batch(
+    cache_map_factory: CacheMapFactory,
+) -> None:
+    gate = Gate()
+    loader = DataLoader(gate, cache_map=cache_map_factory())
+    cancelled = loader.load("a")
+    await within(gate.running.wait())
+    cancelled.cancel()
+    # Still in flight: this load finds the cancelled future and replaces it.
+    replacement = loader.load("a")
+    assert replacement is not cancelled
+    await ticks()
+    gate.open.set()
+    assert await within(replacement) == "a"
+    # The first batch, settling, forgot its cancelled load, not the new one.
+    assert loader.load("a") is replacement
+    assert gate.calls == [["a"], ["a"]]
 
 
 async def test_loads_cancelled_before_dispatch_are_not_loaded(
