@@ -13,12 +13,13 @@ from loadercache.cache import (
     RemoteTier,
     RemoteTierError,
 )
-from loadercache.loader import BatchLoadFn, DataLoader
+from loadercache.loader import SPEEDUPS, BatchLoadFn, DataLoader
 from loadercache.registry import Loaders, current_loaders, loader_property, use_loaders
 from loadercache.stats import LoaderStats
 
 __all__ = [
     "MISS",
+    "SPEEDUPS",
     "BatchLoadFn",
     "CacheMap",
     "DataLoader",

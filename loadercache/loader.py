@@ -21,14 +21,17 @@ See :mod:`loadercache.cache` for how a remote cache tier joins a dispatch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import logging
+import os
 import reprlib
 import warnings
 from collections.abc import Hashable, Iterable, Mapping, MutableMapping
 from itertools import repeat
 from typing import (
+    TYPE_CHECKING,
     Any,
     Awaitable,
     Callable,
@@ -56,7 +59,18 @@ from loadercache.cache import (
 from loadercache.stats import LoaderStats
 from loadercache.tracing import batch_span
 
-__all__ = ["BatchLoadFn", "DataLoader"]
+__all__ = ["SPEEDUPS", "BatchLoadFn", "DataLoader"]
+
+_speedups: Any = None
+if not os.environ.get("LOADERCACHE_NO_EXTENSIONS"):
+    # Missing without a C compiler at install time, or off CPython.
+    with contextlib.suppress(ImportError):
+        from loadercache import _speedups
+
+#: Whether ``load()`` and the settling of a batch run as C (the optional
+#: ``loadercache._speedups`` extension) rather than as the Python below.
+#: Both behave the same; ``LOADERCACHE_NO_EXTENSIONS=1`` forces the Python.
+SPEEDUPS: bool = _speedups is not None
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -79,25 +93,70 @@ _short.maxlist = _short.maxtuple = _short.maxdict = _short.maxset = 10
 _short.maxstring = _short.maxother = 80
 
 
-class _Batch:
+class _PyBatchCore:
+    """The fields of a batch; ``_speedups.BatchCore`` holds them as a C struct."""
+
+    __slots__ = (
+        "cache_keys",
+        "closed",
+        "create_future",
+        "futures",
+        "keys",
+        "loop",
+    )
+
+    loop: asyncio.AbstractEventLoop
+    create_future: Optional[Callable[[], asyncio.Future[Any]]]
+    keys: List[Any]
+    cache_keys: List[Hashable]
+    futures: List[asyncio.Future[Any]]
+    closed: bool
+
+
+class _PyLoaderCore:
+    """Nothing: without ``_speedups`` the loader's fields live in its ``__dict__``."""
+
+    __slots__ = ()
+
+
+if TYPE_CHECKING or _speedups is None:
+    _BatchCore = _PyBatchCore
+    _LoaderCore = _PyLoaderCore
+else:
+    # C structs with the same field names: the C load() reads them directly.
+    _BatchCore = _speedups.BatchCore
+    _LoaderCore = _speedups.LoaderCore
+
+
+class _Batch(_BatchCore):
     """The keys collected for one call of the batch function.
 
     ``cache_keys`` is ``keys`` itself when keys are their own cache keys (no
     ``cache_key_fn``), and empty when the loader does not cache.
     """
 
-    __slots__ = ("cache_keys", "closed", "futures", "keys", "loop")
+    __slots__ = ()
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, cache_keys: Optional[List[Hashable]]
     ) -> None:
         self.loop = loop
+        # None when the loop's create_future is asyncio's own: the C load()
+        # then makes the same asyncio.Future without the Python call.
+        self.create_future = (
+            None
+            if type(loop).create_future is _BASE_CREATE_FUTURE
+            else loop.create_future
+        )
         self.keys: List[Any] = []
         self.cache_keys: List[Hashable] = (
             self.keys if cache_keys is None else cache_keys
         )
         self.futures: List[asyncio.Future[Any]] = []
         self.closed = False
+
+
+_BASE_CREATE_FUTURE = asyncio.BaseEventLoop.create_future
 
 
 def _never_cached(cache_key: Hashable) -> None:
@@ -115,7 +174,7 @@ def _is_async_callable(fn: Any) -> bool:
     return call is not None and inspect.iscoroutinefunction(call)
 
 
-class DataLoader(Generic[K, V]):
+class DataLoader(_LoaderCore, Generic[K, V]):
     """Coalesce the loads of one event-loop turn into one call of a batch function.
 
     >>> async def fetch_users(ids: list[int]) -> list[User | None]:
@@ -776,3 +835,13 @@ def _check_result(result: Any, keys: List[Any]) -> Sequence[Any]:
             f"Values:\n{_short.repr(values)}"
         )
     return values
+
+
+if _speedups is not None:
+    # The C translations of the three per-load methods above take their
+    # place; everything they call back (_share, _new_batch, _reject) stays
+    # the Python above.
+    _speedups._setup(_unhashable_error, _NO_KEY)
+    DataLoader.load = _speedups.LoaderCore.load  # type: ignore[method-assign]
+    DataLoader._enqueue = _speedups.LoaderCore._enqueue  # type: ignore[method-assign]
+    DataLoader._settle = _speedups.LoaderCore._settle  # type: ignore[method-assign]
