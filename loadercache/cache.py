@@ -31,9 +31,10 @@ batch:
    before this request sees it.
 
 4. A load that fails, is cancelled, or whose exception is not cached leaves
-   the cache through ``discard(key, future)``: the local entry goes (if it is
-   still that future), and the remote tier is not touched, since none of these
-   was ever written there.
+   the cache through ``discard(key, future)`` when its batch settles: the
+   local entry goes (if it is still that future: a later load may have
+   replaced a cancelled one), and the remote tier is not touched, since none
+   of these was ever written there.
 
 ``get_many`` and ``set_many`` of one batch run in the same task, in that
 order, so a tier may pair them (the Redis map pairs a batch's write with the
