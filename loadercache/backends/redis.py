@@ -249,9 +249,18 @@ def _key_segment(key: Any) -> bytes:
     raise _unencodable(key, f"it is a {cls.__name__}")
 
 
+def _key_repr(key: Any) -> str:
+    try:
+        return _short.repr(key)
+    except ValueError:  # an int too long for repr() too, or something holding one
+        if isinstance(key, int):
+            return f"<int of {key.bit_length()} bits>"
+        return f"<a {type(key).__name__}>"
+
+
 def _unencodable(key: Any, why: str) -> TypeError:
     return TypeError(
-        f"cache key {_short.repr(key)} cannot be stored in Redis: {why}. "
+        f"cache key {_key_repr(key)} cannot be stored in Redis: {why}. "
         "RedisCacheMap stores keys that are str, int, float, bool, bytes, "
         "uuid.UUID, or tuples and frozensets of those (None allowed inside); "
         "pass cache_key_fn= to map the key to one, e.g. "

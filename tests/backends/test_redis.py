@@ -618,8 +618,16 @@ async def test_keys_equal_in_python_share_a_redis_key(env: Env) -> None:
         object(),
         (1, [2]),
         (1, object()),
+        10**5000,
     ],
-    ids=["date", "Decimal", "object", "tuple-with-list", "tuple-with-object"],
+    ids=[
+        "date",
+        "Decimal",
+        "object",
+        "tuple-with-list",
+        "tuple-with-object",
+        "int-too-long-for-decimal",
+    ],
 )
 async def test_a_key_redis_cannot_hold_fails_at_load(env: Env, key: Any) -> None:
     batch_load, calls = recorder()
