@@ -157,6 +157,9 @@ _TOKEN = re.compile(rb"[0-9a-f]{16}")
 _MAX_PENDING_DELETES = 1000
 # Encoded keys remembered between get() and the dispatch that reads them.
 _MAX_ENCODED = 10_000
+# An int key this short is written in decimal under any int_max_str_digits
+# (at least 640 digits): get() need not encode it to know it can be stored.
+_SHORT_INT_BITS = 2000
 # Namespaces whose state (the known generation) outlives their cache maps.
 _RECENT_NAMESPACES = 1024
 # Event-loop turns a background write waits before it takes the pending
@@ -894,8 +897,21 @@ class RedisStore:
 
         values: List[Any] = []
         missed: Dict[Hashable, bytes] = {}
+        loads = self.serializer.loads
+        # A token is exactly _TOKEN_LEN bytes: startswith(token) is then the
+        # comparison _decode makes, without slicing the token off first.
+        token = gen if gen is not None and len(gen) == _TOKEN_LEN else None
         for cache_key, rkey, raw in zip(cache_keys, rkeys, raws):
-            value = MISS if raw is None else self._decode(namespace, gen, rkey, raw)
+            if raw is None:
+                value = MISS
+            elif token is not None and raw.startswith(token):
+                try:
+                    value = loads(raw[_TOKEN_LEN:])
+                except Exception:
+                    # Decode again to count, log and answer MISS.
+                    value = self._decode(namespace, gen, rkey, raw)
+            else:
+                value = self._decode(namespace, gen, rkey, raw)
             if value is MISS:
                 missed[cache_key] = rkey
             values.append(value)
@@ -1205,7 +1221,14 @@ class RedisCacheMap:
     ``load()``.
     """
 
-    __slots__ = ("_encoded", "_local", "_local_get", "_namespace", "_store")
+    __slots__ = (
+        "_encoded",
+        "_local",
+        "_local_get",
+        "_local_set",
+        "_namespace",
+        "_store",
+    )
 
     def __init__(
         self,
@@ -1225,7 +1248,9 @@ class RedisCacheMap:
         self._local: CacheMap[Any, Any] = as_cache_map(
             local if local is not None else {}
         )
+        # Bound once: the loader calls get and set per load.
         self._local_get = self._local.get
+        self._local_set = self._local.set
         # Redis keys encoded by get() for the dispatch that will read them.
         self._encoded: Dict[Hashable, bytes] = {}
 
@@ -1266,6 +1291,13 @@ class RedisCacheMap:
         """
         future = self._local_get(key)
         if future is None:
+            # str and short int keys can always be stored: get_many encodes
+            # them, a batch at a time.  Anything else is encoded now, so an
+            # unstorable key raises here, and kept for get_many.
+            if type(key) is str or (
+                type(key) is int and key.bit_length() <= _SHORT_INT_BITS
+            ):
+                return None
             encoded = self._encoded
             if key not in encoded:
                 if len(encoded) >= _MAX_ENCODED:
@@ -1278,7 +1310,7 @@ class RedisCacheMap:
 
         >>> loader.prime(1, ada)  # calls cache_map.set(1, <resolved future>)
         """
-        self._local.set(key, value)
+        self._local_set(key, value)
         if value.done() and not value.cancelled() and value.exception() is None:
             self._store._prime(self._namespace, self._redis_key(key), value.result())
 
@@ -1318,12 +1350,20 @@ class RedisCacheMap:
         """
         if not keys:
             return []
-        pop = self._encoded.pop
+        pop: Callable[[Hashable, None], Optional[bytes]] = self._encoded.pop
         base = self._namespace.base
-        rkeys = []
+        # The encodings of _key_segment for str and int, inlined.
+        int_key = base + b"i:%d"
+        str_key = base + b"s:"
+        rkeys: List[bytes] = []
         for key in keys:
-            rkey = pop(key, None)
-            rkeys.append(rkey if rkey is not None else base + _key_segment(key))
+            if type(key) is int:
+                rkey = pop(key, None) or int_key % key
+            elif type(key) is str:
+                rkey = str_key + str.encode(key, "utf-8", "surrogatepass")
+            else:
+                rkey = pop(key, None) or base + _key_segment(key)
+            rkeys.append(rkey)
         return await self._store._get_many(self._namespace, keys, rkeys)
 
     def discard(self, key: Hashable, future: asyncio.Future[Any]) -> None:

@@ -473,7 +473,8 @@ class MsgpackSerializer:
         if not data or data[0] != _FORMAT_VERSION:
             raise DeserializationError(_describe_bad_header(data))
         try:
-            return self._unpack(data[1:])
+            # _unpack, inlined: this runs once per value read from Redis.
+            return _unpackb(data[1:], ext_hook=self._ext_hook, strict_map_key=False)
         except DeserializationError:
             raise
         except Exception as error:

@@ -593,6 +593,24 @@ async def test_keys_of_different_types_are_different_redis_keys(env: Env) -> Non
     assert reader.stats.remote_hits == len(DISTINCT_KEYS)
 
 
+@pytest.mark.parametrize(
+    "key",
+    [7, -7, 2**64, 10**700, True, "", "ä", "\udc80", "i:1", 1.0, ("a", 1)],
+    ids=repr,
+)
+async def test_a_primed_key_is_a_hit_for_a_fresh_loader(env: Env, key: Any) -> None:
+    # prime() writes under the key store.redis_key() gives; a dispatch reads
+    # under the keys get_many encodes (str and int inline): they must agree.
+    store = env.store()
+    batch_load, calls = recorder()
+    loader_on(store, batch_load, "k").prime(key, "primed")
+    await store.flush()
+    reader = loader_on(env.store(), batch_load, "k")
+    assert await reader.load(key) == "primed"
+    assert calls == []
+    assert reader.stats.remote_hits == 1
+
+
 async def test_keys_equal_in_python_share_a_redis_key(env: Env) -> None:
     # True == 1 == 1.0 and frozenset order does not matter: the local dict
     # treats them as one key, and so does Redis, so that the answer does not
