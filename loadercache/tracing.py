@@ -29,6 +29,7 @@ tracer provider.
 
 from __future__ import annotations
 
+import os
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -98,9 +99,11 @@ True
 _UNRESOLVED: Any = object()
 _tracer: Any = _UNRESOLVED
 _provider: Optional[TracerProvider] = None
-# Set with the tracer: opentelemetry.trace.get_tracer_provider, and the
-# provider types that record nothing (no SDK configured yet).
-_global_provider: Any = None
+# Set with the tracer: the opentelemetry.trace module, whether the
+# environment names a provider for it to load, and the provider types that
+# record nothing (no SDK configured yet).
+_trace_api: Any = None
+_provider_from_env = False
 _silent_providers: Tuple[type, ...] = ()
 
 
@@ -119,13 +122,14 @@ def set_tracer_provider(provider: Optional[TracerProvider]) -> None:
 
 
 def _resolve() -> Any:
-    global _tracer, _global_provider, _silent_providers
+    global _tracer, _trace_api, _provider_from_env, _silent_providers
     try:
         from opentelemetry import trace
     except ImportError:
         _tracer = None
     else:
-        _global_provider = trace.get_tracer_provider
+        _trace_api = trace
+        _provider_from_env = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
         _silent_providers = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
         _tracer = trace.get_tracer(
             "loadercache", __version__, tracer_provider=_provider
@@ -144,7 +148,16 @@ def _recording_tracer() -> Any:
         tracer = _resolve()
     if tracer is None:
         return None
-    provider = _provider if _provider is not None else _global_provider()
+    provider = _provider
+    if provider is None:
+        # trace.get_tracer_provider() costs about 2 us while no provider is
+        # set (it looks the environment up, through a KeyError): read the
+        # global it returns first, and call it only when it would do more.
+        provider = getattr(_trace_api, "_TRACER_PROVIDER", _UNRESOLVED)
+        if provider is None and not _provider_from_env:
+            return None
+        if provider is None or provider is _UNRESOLVED:
+            provider = _trace_api.get_tracer_provider()
     if isinstance(provider, _silent_providers):
         return None
     return tracer

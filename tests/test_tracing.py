@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import os
 import subprocess
 import sys
 import textwrap
@@ -244,15 +245,32 @@ def test_without_opentelemetry_every_span_is_the_shared_noop(
     importlib.reload(tracing)
 
 
-def run_python(code: str) -> str:
+def run_python(code: str, **env: str) -> str:
     done = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
         capture_output=True,
         text=True,
         timeout=60,
+        env={**os.environ, **env},
     )
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
+
+
+def test_spans_follow_a_provider_named_by_the_environment() -> None:
+    # OTEL_PYTHON_TRACER_PROVIDER makes the API load a provider on first use.
+    out = run_python(
+        """
+        from opentelemetry import trace
+        from loadercache import tracing
+
+        with tracing.batch_span("users", 1) as span:
+            print(span is tracing.NOOP_SPAN, span.is_recording())
+        print(type(trace.get_tracer_provider()).__module__)
+        """,
+        OTEL_PYTHON_TRACER_PROVIDER="sdk_tracer_provider",
+    )
+    assert out.splitlines() == ["False True", "opentelemetry.sdk.trace"]
 
 
 def test_importing_loadercache_never_imports_opentelemetry() -> None:
