@@ -94,3 +94,26 @@ def test_every_scenario_runs_in_quick_mode(quick_run: Dict[str, Any]) -> None:
     for key in ["1", "2", "3", "4", "5", "6", "7", "8a", "8b"]:
         assert key in quick_run["scenarios"], key
         assert f"[{key}]" in quick_run["output"]
+
+
+@pytest.mark.parametrize("scenario", ["1", "2", "5", "6"])
+def test_the_instruction_counts_workloads_run(scenario: str) -> None:
+    # What `python -m benchmarks.instructions` runs under callgrind, run
+    # once here without it, so the workloads cannot rot unnoticed.
+    size = "1" if scenario == "2" else "2000"
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.instructions",
+            "--child",
+            scenario,
+            "loadercache",
+            size,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
