@@ -16,6 +16,12 @@ would split a list of siblings in two.  (aiodataloader and strawberry wait the
 same two turns; the JavaScript original waits for the promise job queue.)
 
 See :mod:`loadercache.cache` for how a remote cache tier joins a dispatch.
+
+``load``, ``_enqueue`` and ``_settle`` run once per key; where the optional
+C extension ``loadercache._speedups`` was built, its line-for-line
+translations of these three replace them (see the end of this module), and
+the fields they read live in C structs under the same names (``_LoaderCore``,
+``_BatchCore``).  This module stays the reference for both.
 """
 
 from __future__ import annotations
