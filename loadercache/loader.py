@@ -147,8 +147,8 @@ class _Batch(_BatchCore):
         self, loop: asyncio.AbstractEventLoop, cache_keys: Optional[List[Hashable]]
     ) -> None:
         self.loop = loop
-        # None when the loop's create_future is asyncio's own: the C load()
-        # then makes the same asyncio.Future without the Python call.
+        # None when the loop's create_future is asyncio's own: _enqueue then
+        # makes the same asyncio.Future without that method's frame.
         self.create_future = (
             None
             if type(loop).create_future is _BASE_CREATE_FUTURE
@@ -535,7 +535,10 @@ class DataLoader(_LoaderCore, Generic[K, V]):
         batch = self._batch
         if batch is None or batch.closed or len(batch.keys) == self._limit:
             batch = self._new_batch()
-        future: asyncio.Future[V] = batch.loop.create_future()
+        make = batch.create_future
+        future: asyncio.Future[V] = (
+            asyncio.Future(loop=batch.loop) if make is None else make()
+        )
         batch.keys.append(key)
         batch.futures.append(future)
         if self._caching:
