@@ -25,6 +25,11 @@ class Gate:
         await self.open.wait()
         return values
 
+    async def entered(self, times: int) -> None:
+        """Wait until the batch function has been called *times* times."""
+        while len(self.calls) < times:
+            await asyncio.sleep(0)
+
 
 async def within(awaitable: Any, timeout: float = 1.0) -> Any:
     """Await, failing instead of hanging if it never settles."""

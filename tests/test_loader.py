@@ -493,6 +493,9 @@ async def test_clear_of_a_key_in_flight_lets_it_settle_and_loads_it_anew(
     await within(gate.running.wait())
     loader.clear("a")
     second = loader.load("a")
+    # Before the first settles: a shared tier would otherwise answer the
+    # second from the first's write-back.
+    await within(gate.entered(2))
     gate.open.set()
     assert await within(first) == "a"
     assert await within(second) == "a"
@@ -1096,7 +1099,9 @@ async def test_a_load_replacing_a_cancelled_one_outlives_the_first_batch(
     # Still in flight: this load finds the cancelled future and replaces it.
     replacement = loader.load("a")
     assert replacement is not cancelled
-    await ticks()
+    # Let the second batch reach the batch function before the first settles:
+    # a shared tier would otherwise answer it from the first batch's write-back.
+    await within(gate.entered(2))
     gate.open.set()
     assert await within(replacement) == "a"
     # The first batch, settling, forgot its cancelled load, not the new one.
