@@ -172,7 +172,9 @@ class MutableMappingCacheMap(Generic[KT, VT]):
     """Adapt a ``MutableMapping`` (a dict, a cachetools cache) to :class:`CacheMap`.
 
     ``get`` and ``set`` are the mapping's own bound methods, so over a
-    ``dict`` a ``load()`` costs one C call to look up and one to store.
+    ``dict`` a ``load()`` costs one C call to look up and one to store.  A
+    subclass may define either as a method of its own, which may call
+    ``super()``'s.
 
     >>> cache_map = MutableMappingCacheMap({})
     >>> cache_map.get("a") is None
@@ -186,8 +188,11 @@ class MutableMappingCacheMap(Generic[KT, VT]):
 
     def __init__(self, mapping: MutableMapping[KT, asyncio.Future[VT]]) -> None:
         self.mapping = mapping
-        self.get = mapping.get
-        self.set = mapping.__setitem__
+        # Filled through the slots' descriptors, not by assignment: a get or
+        # set a subclass defines stays in force, and its super().get() and
+        # super().set() reach the mapping's.
+        _GET_SLOT.__set__(self, mapping.get)
+        _SET_SLOT.__set__(self, mapping.__setitem__)
 
     def delete(self, key: KT) -> None:
         self.mapping.pop(key, None)
@@ -201,6 +206,9 @@ class MutableMappingCacheMap(Generic[KT, VT]):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.mapping!r})"
 
+
+_GET_SLOT = MutableMappingCacheMap.__dict__["get"]
+_SET_SLOT = MutableMappingCacheMap.__dict__["set"]
 
 _PROTOCOL_METHODS = ("get", "set", "delete", "clear")
 

@@ -55,6 +55,25 @@ async def test_dict_cache_map_round_trip() -> None:
     assert len(cache_map) == 0
 
 
+async def test_a_subclass_defines_get_or_set_of_its_own() -> None:
+    seen: List[Any] = []
+
+    class Counting(DictCacheMap):
+        def get(self, key: Any) -> Any:
+            seen.append(key)
+            return super().get(key)
+
+    class Sub(Counting):  # inherits the get of its parent, binds set
+        pass
+
+    for cache_map in (Counting(), Sub()):
+        loader, _ = open_loader(cache_map)
+        await loader.load("a")
+        assert loader.load("a").result() == "a"
+        assert cache_map.set == cache_map.mapping.__setitem__
+    assert seen == ["a", "a", "a", "a"]
+
+
 async def test_dict_cache_map_never_evicts() -> None:
     loader, gate = open_loader(DictCacheMap())
     await loader.load_many(range(1000))
