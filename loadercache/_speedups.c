@@ -295,21 +295,23 @@ enqueue(LoaderCore *self, PyObject *key, PyObject *cache_key)
     if (future == NULL) {
         goto error;
     }
-    if (list_append(open->keys, key, "keys") == NULL ||
-        list_append(open->futures, future, "futures") == NULL) {
-        goto error;
-    }
     if (self->caching == Py_True) {
-        if (self->key_fn != Py_None &&
-            list_append(open->cache_keys, cache_key, "cache_keys") == NULL) {
-            goto error;
-        }
+        /* First: a cache map that refuses the key (raising) leaves nothing
+         * queued. */
         PyObject *args[2] = {cache_key, future};
         result = PyObject_Vectorcall(self->set, args, 2, NULL);
         if (result == NULL) {
             goto error;
         }
         Py_DECREF(result);
+        if (self->key_fn != Py_None &&
+            list_append(open->cache_keys, cache_key, "cache_keys") == NULL) {
+            goto error;
+        }
+    }
+    if (list_append(open->keys, key, "keys") == NULL ||
+        list_append(open->futures, future, "futures") == NULL) {
+        goto error;
     }
     Py_DECREF(batch);
     return future;

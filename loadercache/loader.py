@@ -539,12 +539,14 @@ class DataLoader(_LoaderCore, Generic[K, V]):
         future: asyncio.Future[V] = (
             asyncio.Future(loop=batch.loop) if make is None else make()
         )
-        batch.keys.append(key)
-        batch.futures.append(future)
         if self._caching:
+            # First: a cache map that refuses the key (raising) leaves
+            # nothing queued.
+            self._set(cache_key, future)
             if self._key_fn is not None:
                 batch.cache_keys.append(cache_key)
-            self._set(cache_key, future)
+        batch.keys.append(key)
+        batch.futures.append(future)
         return future
 
     def _new_batch(self) -> _Batch:
@@ -578,6 +580,8 @@ class DataLoader(_LoaderCore, Generic[K, V]):
         if self._batch is batch:
             self._batch = None
         keys, cache_keys, futures = batch.keys, batch.cache_keys, batch.futures
+        if not futures:
+            return  # its only load was refused by the cache map's set
         # All futures of a batch come from one loop's create_future: one type.
         if any(map(type(futures[0]).done, futures)):
             # Loads cancelled before dispatch are not loaded at all.

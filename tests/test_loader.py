@@ -15,6 +15,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Sequence, Tuple, TypeVa
 import pytest
 
 from loadercache import DataLoader, RemoteTier
+from loadercache.backends import DictCacheMap
 
 from .conftest import CacheMapFactory
 from .helpers import Calls, Gate, within
@@ -665,6 +666,29 @@ async def test_cache_false_never_touches_the_cache_map() -> None:
     assert await loader.load_many([1, 1]) == [1, 1]
     assert mapping == {}
     assert calls == [[1, 1]]
+
+
+class _RefusesOdd(DictCacheMap):
+    """A cache map that cannot hold odd keys, as the Redis map cannot hold
+    some keys: its set raises before storing anything."""
+
+    def set(self, key: Any, value: asyncio.Future[Any]) -> None:
+        if key % 2:
+            raise TypeError(f"cannot hold {key!r}")
+        self.mapping[key] = value
+
+
+async def test_a_key_the_cache_map_refuses_is_not_queued() -> None:
+    loader, calls = identity_loader(cache_map=_RefusesOdd())
+    with pytest.raises(TypeError, match="cannot hold 1"):
+        loader.load(1)
+    # The batch that load opened dispatches with nothing in it.
+    await ticks()
+    assert calls == []
+    with pytest.raises(TypeError, match="cannot hold 3"):
+        loader.load(3)
+    assert await loader.load(2) == 2
+    assert calls == [[2]]
 
 
 async def test_batch_schedule_fn_collects_loads_across_ticks() -> None:
