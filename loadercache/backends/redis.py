@@ -155,10 +155,10 @@ _TOKEN = re.compile(rb"[0-9a-f]{16}")
 # Deletes that could not be sent are kept; past this many in one namespace a
 # new generation (one command) replaces them.
 _MAX_PENDING_DELETES = 1000
-# Encoded keys remembered between get() and the dispatch that reads them.
+# Encoded keys remembered between set() and the dispatch that reads them.
 _MAX_ENCODED = 10_000
 # An int key this short is written in decimal under any int_max_str_digits
-# (at least 640 digits): get() need not encode it to know it can be stored.
+# (at least 640 digits): set() need not encode it to know it can be stored.
 _SHORT_INT_BITS = 2000
 # Namespaces whose state (the known generation) outlives their cache maps.
 _RECENT_NAMESPACES = 1024
@@ -1218,17 +1218,27 @@ class RedisCacheMap:
     read and write Redis once per batch.  ``namespace`` is required: it scopes
     every key and every clear (see the module docs on tenant scoping).  A
     cache key that cannot become a Redis key raises ``TypeError`` at
-    ``load()``.
+    ``load()`` (from :meth:`set`, before anything is stored or queued).
     """
 
     __slots__ = (
         "_encoded",
         "_local",
-        "_local_get",
         "_local_set",
         "_namespace",
         "_store",
+        "get",
     )
+
+    get: Callable[[Hashable], Optional[asyncio.Future[Any]]]
+    """The local future of a key, or None: the local tier's own ``get``.
+
+    Bound at construction rather than wrapped, since ``load()`` calls it for
+    every key: a key that cannot be stored is refused by :meth:`set`.
+
+    >>> cache_map.get(1) is None
+    True
+    """
 
     def __init__(
         self,
@@ -1249,9 +1259,11 @@ class RedisCacheMap:
             local if local is not None else {}
         )
         # Bound once: the loader calls get and set per load.
-        self._local_get = self._local.get
+        # Through the slot's descriptor, not by assignment: a get a subclass
+        # defines stays in force, and its super().get() reaches this one.
+        _GET_SLOT.__set__(self, self._local.get)
         self._local_set = self._local.set
-        # Redis keys encoded by get() for the dispatch that will read them.
+        # Redis keys encoded by set() for the dispatch that will read them.
         self._encoded: Dict[Hashable, bytes] = {}
 
     def __repr__(self) -> str:
@@ -1280,36 +1292,28 @@ class RedisCacheMap:
 
     # -- CacheMap --------------------------------------------------------
 
-    def get(self, key: Hashable) -> Optional[asyncio.Future[Any]]:
-        """The local future of *key*, or None; checks that *key* can be stored.
-
-        Called by ``load()``: a key that cannot become a Redis key raises
-        ``TypeError`` here, not at dispatch.
-
-        >>> cache_map.get(1) is None
-        True
-        """
-        future = self._local_get(key)
-        if future is None:
-            # str and short int keys can always be stored: get_many encodes
-            # them, a batch at a time.  Anything else is encoded now, so an
-            # unstorable key raises here, and kept for get_many.
-            if type(key) is str or (
-                type(key) is int and key.bit_length() <= _SHORT_INT_BITS
-            ):
-                return None
-            encoded = self._encoded
-            if key not in encoded:
-                if len(encoded) >= _MAX_ENCODED:
-                    encoded.clear()
-                encoded[key] = self._namespace.base + _key_segment(key)
-        return future
-
     def set(self, key: Hashable, value: asyncio.Future[Any]) -> None:
         """Hold *value* locally; a resolved future (a prime) is also written to Redis.
 
+        Raises ``TypeError``, storing nothing, for a key that cannot become a
+        Redis key: ``load()`` and ``prime()`` call ``set`` on every miss, so
+        that is where an unstorable key is refused.
+
         >>> loader.prime(1, ada)  # calls cache_map.set(1, <resolved future>)
         """
+        # str and short int keys can always be stored: get_many encodes them,
+        # a batch at a time.  Anything else is encoded now, so an unstorable
+        # key raises here, and kept for get_many.
+        if not (
+            type(key) is str
+            or (type(key) is int and key.bit_length() <= _SHORT_INT_BITS)
+        ):
+            encoded = self._encoded
+            if key not in encoded:
+                rkey = self._namespace.base + _key_segment(key)
+                if len(encoded) >= _MAX_ENCODED:
+                    encoded.clear()
+                encoded[key] = rkey
         self._local_set(key, value)
         if value.done() and not value.cancelled() and value.exception() is None:
             self._store._prime(self._namespace, self._redis_key(key), value.result())
@@ -1373,7 +1377,7 @@ class RedisCacheMap:
 
         >>> cache_map.discard(1, failed_future)
         """
-        if self._local_get(key) is future:
+        if self.get(key) is future:
             self._local.delete(key)
         self._encoded.pop(key, None)
 
@@ -1394,3 +1398,6 @@ class RedisCacheMap:
         if rkey is None:
             rkey = self._namespace.base + _key_segment(key)
         return rkey
+
+
+_GET_SLOT = RedisCacheMap.__dict__["get"]

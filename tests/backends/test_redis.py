@@ -649,10 +649,33 @@ async def test_keys_equal_in_python_share_a_redis_key(env: Env) -> None:
 )
 async def test_a_key_redis_cannot_hold_fails_at_load(env: Env, key: Any) -> None:
     batch_load, calls = recorder()
-    loader = loader_on(env.store(), batch_load)
+    store = env.store()
+    loader = loader_on(store, batch_load)
     with pytest.raises(TypeError, match="cache_key_fn"):
         loader.load(key)  # not awaited: it fails at the call
-    assert calls == []
+    with pytest.raises(TypeError, match="cache_key_fn"):
+        loader.prime(key, {"id": 0})
+    # Refused before it was queued: the batch of the same tick, and Redis,
+    # see only the other key.
+    assert await loader.load(2) == {"id": 2}
+    assert calls == [[2]]
+    assert store.stats.read_keys == 1
+
+
+async def test_a_subclass_may_define_get(env: Env) -> None:
+    seen: List[Any] = []
+
+    class Counting(RedisCacheMap):
+        def get(self, key: Any) -> Any:
+            seen.append(key)
+            return super().get(key)
+
+    batch_load, calls = recorder()
+    loader = DataLoader(batch_load, cache_map=Counting(env.store(), "users"))
+    assert await loader.load(1) == {"id": 1}
+    assert await loader.load(1) == {"id": 1}
+    assert seen == [1, 1]
+    assert calls == [[1]]
 
 
 async def test_cache_key_fn_maps_a_key_redis_cannot_hold(env: Env) -> None:
