@@ -474,6 +474,7 @@ class MsgpackSerializer:
             raise DeserializationError(_describe_bad_header(data))
         try:
             # _unpack, inlined: this runs once per value read from Redis.
+            # RedisStore._get_many inlines this call too: keep them in step.
             return _unpackb(data[1:], ext_hook=self._ext_hook, strict_map_key=False)
         except DeserializationError:
             raise

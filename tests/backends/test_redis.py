@@ -17,7 +17,7 @@ import subprocess
 import sys
 import textwrap
 import uuid
-from typing import Any, AsyncIterator, Dict, List, Optional
+from typing import Any, AsyncIterator, Callable, Dict, List, Optional
 
 import fakeredis
 import pytest
@@ -35,6 +35,7 @@ from ..redis_servers import (
     real_redis_url,
     recorder,
 )
+from .test_serializers import Point, point_serializer
 
 
 class Env:
@@ -138,12 +139,14 @@ async def test_values_come_back_with_their_types(env: Env) -> None:
         "none": None,
         "big": 2**100,
         "bytes": b"\x00\xff",
+        "int-keyed": {1: "one", (2, 3): "two-three"},
+        "registered": Point(1, 2),
     }
     batch_load, calls = recorder(lambda key: value)
-    store = env.store()
+    store = env.store(serializer=point_serializer())
     await loader_on(store, batch_load).load(1)
     await store.flush()
-    got = await loader_on(env.store(), batch_load).load(1)
+    got = await loader_on(env.store(serializer=point_serializer()), batch_load).load(1)
     assert got == value
     assert {k: type(v) for k, v in got.items()} == {
         k: type(v) for k, v in value.items()
@@ -497,22 +500,37 @@ async def test_an_unserializable_value_is_returned_not_cached_and_warned_once(
     assert calls == [[0, 1], [2, 3], [0]]
 
 
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        lambda written: b"\x00garbage",
+        # The right generation and format version, then bytes msgpack refuses
+        # (0xc1 is never used): the decoding inlined for MsgpackSerializer.
+        lambda written: written[:17] + b"\xc1",
+        # ... then a msgpack extension code nobody registered.
+        lambda written: written[:17] + b"\xd4\x7f\x00",
+    ],
+    ids=["no-token", "bad-msgpack", "unknown-extension"],
+)
 async def test_a_corrupt_value_is_a_miss_reloaded_and_overwritten(
-    env: Env, caplog: pytest.LogCaptureFixture
+    env: Env,
+    caplog: pytest.LogCaptureFixture,
+    corrupt: Callable[[bytes], bytes],
 ) -> None:
     batch_load, calls = recorder()
     store = env.store()
     await loader_on(store, batch_load).load(1)
     await store.flush()
     key = store.redis_key("users", 1)
-    await env.raw.set(key, b"\x00garbage")
+    garbage = corrupt(await env.raw.get(key))
+    await env.raw.set(key, garbage)
     reader = env.store()
     with caplog.at_level(logging.WARNING, logger="loadercache"):
         assert await loader_on(reader, batch_load).load(1) == {"id": 1}
     assert reader.stats.decode_errors == 1
     assert any("decode" in r.getMessage() for r in caplog.records)
     await reader.flush()
-    assert await env.raw.get(key) != b"\x00garbage"
+    assert await env.raw.get(key) != garbage
     assert await loader_on(env.store(), batch_load).load(1) == {"id": 1}
     assert calls == [[1], [1]]
 
