@@ -135,7 +135,12 @@ class CacheMap(Protocol[KT_contra, VT]):
         ...
 
     def set(self, key: KT_contra, value: asyncio.Future[VT]) -> None:
-        """Store *value* for *key* (a pending or a resolved future)."""
+        """Store *value* for *key* (a pending or a resolved future).
+
+        A map that cannot hold *key* raises (a ``TypeError``), storing
+        nothing: ``load()`` or ``prime()`` then raises it, and nothing is
+        queued for the batch function.
+        """
         ...
 
     def delete(self, key: KT_contra) -> None:
