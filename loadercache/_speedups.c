@@ -131,6 +131,7 @@ typedef struct {
     PyObject *batch;    /* _batch: the open batch or None */
     PyObject *limit;    /* _limit: None or the max batch size */
     Py_ssize_t misses;  /* _misses */
+    Py_ssize_t hits;    /* _hits */
 } LoaderCore;
 
 static int
@@ -394,6 +395,9 @@ loader_load(LoaderCore *self, PyObject *key)
             PyObject *mine = PyObject_VectorcallMethod(
                 str_share, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
             Py_DECREF(future);
+            if (mine != NULL) {
+                self->hits++;
+            }
             return mine;
         }
         int cancelled = done < 0 ? -1 : is_cancelled(future);
@@ -401,6 +405,9 @@ loader_load(LoaderCore *self, PyObject *key)
             Py_DECREF(cache_key);
             if (cancelled < 0) {
                 Py_CLEAR(future);
+            }
+            else {
+                self->hits++;
             }
             return future;
         }
@@ -520,6 +527,7 @@ static PyMemberDef loader_members[] = {
     {"_batch", T_OBJECT_EX, offsetof(LoaderCore, batch), 0, NULL},
     {"_limit", T_OBJECT_EX, offsetof(LoaderCore, limit), 0, NULL},
     {"_misses", T_PYSSIZET, offsetof(LoaderCore, misses), 0, NULL},
+    {"_hits", T_PYSSIZET, offsetof(LoaderCore, hits), 0, NULL},
     {NULL},
 };
 

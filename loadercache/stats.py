@@ -12,22 +12,23 @@ __all__ = ["LoaderStats"]
 class LoaderStats:
     """A snapshot of one loader's counters, from :attr:`DataLoader.stats`.
 
-    ``local_misses`` counts the loads that missed the loader's own cache map
-    and were queued for a batch; cache hits are not counted, because counting
-    them would cost a sixth of a hit (count your own ``load()`` calls if you
-    need a hit ratio: hits are those calls minus ``local_misses``).
-    ``batches`` counts the calls made to the batch function and
-    ``batched_keys`` the keys they received (``mean_batch`` is their ratio,
-    ``max_batch`` the largest).  With a remote tier (the Redis map),
-    ``remote_hits`` and ``remote_misses`` count keys looked up there at
+    ``local_hits`` counts the loads answered by the loader's own cache map (a
+    value already resolved, or a load already in flight) and
+    ``local_misses`` the loads that missed it and were queued for a batch;
+    ``loads`` is their sum (a load that raised, such as one of an unhashable
+    key, is in neither).  ``batches`` counts the calls made to the batch
+    function and ``batched_keys`` the keys they received (``mean_batch`` is
+    their ratio, ``max_batch`` the largest).  With a remote tier (the Redis
+    map), ``remote_hits`` and ``remote_misses`` count keys looked up there at
     dispatch, and ``remote_errors`` the round trips that failed and were
     treated as misses.  ``failed_batches`` counts batch calls that raised or
     broke the contract.
 
     >>> loader.stats.as_dict()  # doctest: +SKIP
-    {'local_misses': 2, 'batches': 1, 'batched_keys': 2, 'max_batch': 2, ...}
+    {'local_hits': 1, 'local_misses': 2, 'batches': 1, 'batched_keys': 2, ...}
     """
 
+    local_hits: int = 0
     local_misses: int = 0
     batches: int = 0
     batched_keys: int = 0
@@ -38,10 +39,15 @@ class LoaderStats:
     failed_batches: int = 0
 
     @property
+    def loads(self) -> int:
+        """Every ``load()`` that returned a future: hits plus misses."""
+        return self.local_hits + self.local_misses
+
+    @property
     def mean_batch(self) -> float:
         """The mean number of keys per batch call (0.0 before the first)."""
         return self.batched_keys / self.batches if self.batches else 0.0
 
     def as_dict(self) -> Dict[str, Any]:
         """The counters as a dict, ready for a log record or a metrics sink."""
-        return {**asdict(self), "mean_batch": self.mean_batch}
+        return {**asdict(self), "loads": self.loads, "mean_batch": self.mean_batch}

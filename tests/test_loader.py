@@ -656,7 +656,7 @@ async def test_cache_false_loads_every_call_and_ignores_prime_and_clear() -> Non
     assert await loader.load_many([1, 2, 1, 1]) == [1, 2, 1, 1]
     assert await loader.load(1) == 1
     assert calls == [[1, 2, 1, 1], [1]]
-    assert loader.stats.local_misses == 5
+    assert (loader.stats.local_hits, loader.stats.local_misses) == (0, 5)
 
 
 async def test_cache_false_never_touches_the_cache_map() -> None:
@@ -1251,11 +1251,31 @@ async def test_stats_count_loads_hits_and_batches(
     cache_map_factory: CacheMapFactory,
 ) -> None:
     loader, _ = identity_loader(max_batch_size=2, cache_map=cache_map_factory())
+    # The second 1 finds the first in flight: a hit.
     await loader.load_many([1, 2, 3, 1])
-    await loader.load(2)
+    await loader.load(2)  # resolved: a hit
+    with pytest.raises(TypeError):
+        loader.load([4])  # unhashable: neither
+    cancelled = loader.load(5)
+    cancelled.cancel()
+    assert await loader.load(5) == 5  # replaces the cancelled load: a miss
     stats = loader.stats.as_dict()
     assert {
         key: stats[key]
-        for key in ("local_misses", "batches", "batched_keys", "max_batch")
-    } == {"local_misses": 3, "batches": 2, "batched_keys": 3, "max_batch": 2}
-    assert stats["mean_batch"] == 1.5
+        for key in (
+            "loads",
+            "local_hits",
+            "local_misses",
+            "batches",
+            "batched_keys",
+            "max_batch",
+        )
+    } == {
+        "loads": 7,
+        "local_hits": 2,
+        "local_misses": 5,
+        "batches": 3,
+        "batched_keys": 4,
+        "max_batch": 2,
+    }
+    assert stats["mean_batch"] == 4 / 3
