@@ -242,7 +242,6 @@ static PyObject *
 enqueue(LoaderCore *self, PyObject *key, PyObject *cache_key)
 {
     PyObject *batch = NULL, *future = NULL, *result;
-    self->misses++;
     batch = Py_NewRef(self->batch);
     int full = batch == Py_None || !PyObject_TypeCheck(batch, &BatchCore_Type);
     if (!full) {
@@ -314,6 +313,7 @@ enqueue(LoaderCore *self, PyObject *key, PyObject *cache_key)
         list_append(open->futures, future, "futures") == NULL) {
         goto error;
     }
+    self->misses++;
     Py_DECREF(batch);
     return future;
 

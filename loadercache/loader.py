@@ -536,7 +536,6 @@ class DataLoader(_LoaderCore, Generic[K, V]):
 
     def _enqueue(self, key: K, cache_key: Hashable) -> asyncio.Future[V]:
         """Queue a load that missed the cache (cache_key is unused without cache)."""
-        self._misses += 1
         batch = self._batch
         if batch is None or batch.closed or len(batch.keys) == self._limit:
             batch = self._new_batch()
@@ -552,6 +551,7 @@ class DataLoader(_LoaderCore, Generic[K, V]):
                 batch.cache_keys.append(cache_key)
         batch.keys.append(key)
         batch.futures.append(future)
+        self._misses += 1
         return future
 
     def _new_batch(self) -> _Batch:

@@ -689,6 +689,7 @@ async def test_a_key_the_cache_map_refuses_is_not_queued() -> None:
         loader.load(3)
     assert await loader.load(2) == 2
     assert calls == [[2]]
+    assert (loader.stats.loads, loader.stats.local_misses) == (1, 1)
 
 
 async def test_batch_schedule_fn_collects_loads_across_ticks() -> None:
