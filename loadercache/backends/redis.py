@@ -123,7 +123,6 @@ from typing import (
 )
 
 try:
-    import msgpack  # type: ignore[import-untyped, unused-ignore]
     import redis.asyncio as aioredis
     from redis.asyncio.cluster import RedisCluster
     from redis.asyncio.retry import Retry
@@ -152,11 +151,6 @@ RedisClient = Union["aioredis.Redis", "RedisCluster"]
 # namespace's generation key and in front of every value written under it.
 _TOKEN_LEN = 16
 _TOKEN = re.compile(rb"[0-9a-f]{16}")
-# What follows the token in a value MsgpackSerializer wrote: its format-version
-# byte, then msgpack (see _get_many).
-_MSGPACK_VERSION = bytes([MsgpackSerializer.FORMAT_VERSION])
-_MSGPACK_BODY = _TOKEN_LEN + len(_MSGPACK_VERSION)
-_unpackb = msgpack.unpackb
 
 # Deletes that could not be sent are kept; past this many in one namespace a
 # new generation (one command) replaces them.
@@ -903,34 +897,18 @@ class RedisStore:
 
         values: List[Any] = []
         missed: Dict[Hashable, bytes] = {}
-        serializer = self.serializer
-        loads = serializer.loads
+        loads = self.serializer.loads
         # A token is exactly _TOKEN_LEN bytes: startswith(token) is then the
         # comparison _decode makes, without slicing the token off first.
         token = gen if gen is not None and len(gen) == _TOKEN_LEN else None
-        # The default serializer's loads, inlined (a call of it costs as much
-        # as the decoding): its format-version byte is checked with the token,
-        # and the rest goes to msgpack with the options its loads passes.
-        ext_hook = None
-        versioned = b""
-        if token is not None and type(serializer) is MsgpackSerializer:
-            ext_hook = serializer._ext_hook
-            versioned = token + _MSGPACK_VERSION
         for cache_key, rkey, raw in zip(cache_keys, rkeys, raws):
             if raw is None:
                 value = MISS
-            elif ext_hook is not None and raw.startswith(versioned):
-                try:
-                    value = _unpackb(
-                        raw[_MSGPACK_BODY:], ext_hook=ext_hook, strict_map_key=False
-                    )
-                except Exception:
-                    # Decode again to count, log and answer MISS.
-                    value = self._decode(namespace, gen, rkey, raw)
             elif token is not None and raw.startswith(token):
                 try:
                     value = loads(raw[_TOKEN_LEN:])
                 except Exception:
+                    # Decode again to count, log and answer MISS.
                     value = self._decode(namespace, gen, rkey, raw)
             else:
                 value = self._decode(namespace, gen, rkey, raw)

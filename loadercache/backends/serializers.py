@@ -16,21 +16,40 @@ Two exceptions make the contract with the cache map:
   version, a user type this process has not registered).  The cache map
   counts it as a miss and overwrites the entry.
 
-Every payload starts with one format-version byte, so a future change of the
+``loads`` is safe on *any* bytes: whatever is stored under a key (written by
+an older version, by another program, by an attacker), it returns a value of
+a supported type or raises :class:`DeserializationError`, within bounded time,
+memory and stack.  ``dumps`` refuses what ``loads`` would refuse.
+
+Every payload starts with one format-version byte, so a change of the
 encoding is detected instead of decoded wrongly.
 
-Wire format of :class:`MsgpackSerializer` (format version 1)
+Wire format of :class:`MsgpackSerializer` (format version 2)
 -------------------------------------------------------------
-``bytes([1]) + msgpack(value)``.  ``None``, ``bool``, ``int`` (64-bit),
+``bytes([2]) + msgpack(value)``.  ``None``, ``bool``, ``int`` (64-bit),
 ``float``, ``str``, ``bytes``, ``list`` and ``dict`` are plain msgpack, so any
-msgpack reader can decode those.  The other types are msgpack extension types:
+msgpack reader can decode those.  The other types use msgpack extension types
+in two ways.
+
+*Containers* (tuple, set, frozenset, and every registered user type) are a
+msgpack array whose first element is an empty *marker* extension of the
+type's code, followed by the items (for a user type: one item, what its
+``encode`` returned): ``(1, "a")`` is ``[ExtType(1, b""), 1, "a"]``.  Their
+items are ordinary msgpack inside the same stream, so decoding a value is one
+pass of msgpack's own unpacker, which keeps nesting on an explicit stack:
+however deeply a payload nests, decoding it neither recurses nor can exhaust
+the C stack.  (Format version 1 wrapped each container's items in a nested
+msgpack payload; decoding a tuple nested a few hundred levels deep then
+overflowed the C stack.)
+
+*Scalars* are extensions whose data is the value:
 
 ====  ============  =========================================================
 code  type          payload
 ====  ============  =========================================================
-1     tuple         msgpack array of the items
-2     set           msgpack array of the items
-3     frozenset     msgpack array of the items
+1     tuple         marker: an array ``[marker, *items]``
+2     set           marker: an array ``[marker, *items]``
+3     frozenset     marker: an array ``[marker, *items]``
 4     int           signed big-endian two's complement, for ints outside
                     ``-2**63 .. 2**64 - 1`` (msgpack's native range)
 5     datetime      ``>HBBBBBIB`` year .. microsecond, fold; aware ones add
@@ -45,14 +64,25 @@ code  type          payload
 
 Codes 0 to 31 are reserved for loadercache's own types (so a later version can
 add one without breaking a user's stored values); :meth:`MsgpackSerializer.register`
-takes codes 32 to 127.  Negative codes belong to the msgpack specification.
+takes codes 32 to 127, as markers.  A marker anywhere but first in an array,
+an unknown code and msgpack's own Timestamp extension (code -1, which this
+serializer never writes) make a payload invalid.
+
+Limits: values nest at most :data:`MAX_DEPTH` (1024) levels, the limit of
+msgpack's packer and of its unpacker alike, so ``dumps`` refuses exactly the
+depths ``loads`` would.  Sizes are bounded by the payload: an array or string
+header claiming more than the payload holds is refused before anything is
+allocated.  The Redis store adds a limit on the size of a stored value
+(``max_value_bytes``).
 """
 
 from __future__ import annotations
 
 import decimal
 import pickle
+import re
 import struct
+import threading
 import uuid
 from datetime import date, datetime, time, timedelta, timezone
 from typing import (
@@ -60,10 +90,8 @@ from typing import (
     Callable,
     ClassVar,
     Dict,
-    FrozenSet,
     List,
     Protocol,
-    Set,
     Tuple,
     Type,
     TypeVar,
@@ -80,8 +108,11 @@ except ImportError as error:
 
 _packb = msgpack.packb
 _unpackb = msgpack.unpackb
+_ExtType = msgpack.ExtType
+_Timestamp = msgpack.Timestamp
 
 __all__ = [
+    "MAX_DEPTH",
     "DeserializationError",
     "MsgpackSerializer",
     "SerializationError",
@@ -91,14 +122,21 @@ __all__ = [
 
 T = TypeVar("T")
 
+#: How deeply lists, dicts, tuples, sets and registered types may nest in a
+#: value: msgpack's packer refuses deeper values and its unpacker deeper
+#: payloads.  Decoding keeps nesting on msgpack's explicit stack (containers
+#: are markers, not nested payloads), so no depth recurses in C.
+MAX_DEPTH = 1024
+
 
 @runtime_checkable
 class Serializer(Protocol):
     """What the Redis cache map needs to store values: bytes out, value back.
 
     ``dumps`` raises :class:`SerializationError` for a value it cannot store;
-    ``loads`` raises :class:`DeserializationError` for bytes it cannot read.
-    Any object with these two methods will do:
+    ``loads`` raises :class:`DeserializationError` for bytes it cannot read
+    (and must never crash or hang on bytes it did not write: the store calls
+    it on whatever Redis holds).  Any object with these two methods will do:
 
     >>> import json
     >>> class JSONSerializer:
@@ -144,7 +182,7 @@ class DeserializationError(ValueError):
     version and extension codes this process has not registered.  The cache
     map treats it as a miss.
 
-    >>> MsgpackSerializer().loads(b"\\x01\\xc1")
+    >>> MsgpackSerializer().loads(b"\\x02\\xc1")
     Traceback (most recent call last):
       ...
     loadercache.backends.serializers.DeserializationError: ...
@@ -183,6 +221,24 @@ _SUPPORTED = (
     "None, bool, int, float, str, bytes, list, dict, tuple, set, frozenset, "
     "datetime, date, time, timedelta, Decimal and UUID"
 )
+
+# msgpack's Timestamp extension (code -1) as msgpack writes it: fixext 4,
+# fixext 8 or ext 8 of 12 bytes, each followed by the type byte 0xff.  A
+# payload holding none of these byte pairs holds no Timestamp; one that does
+# is decoded and searched (rarely: the bytes also occur inside strings).
+_TIMESTAMP_HEADER = re.compile(rb"[\xd6\xd7]\xff|\xc7\x0c\xff")
+
+
+class _Marker:
+    """The first element of an array that encodes a container (see the module docs)."""
+
+    __slots__ = ("code",)
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+    def __repr__(self) -> str:
+        return f"<marker {self.code}>"
 
 
 def _type_name(cls: type) -> str:
@@ -391,25 +447,36 @@ class MsgpackSerializer:
       ``defaultdict``, a ``NamedTuple``...) raise :class:`SerializationError`
       rather than come back as their base type; :meth:`register` them.
     - A ``str`` that is not valid Unicode (lone surrogates) cannot be
-      encoded, nor can a value nested about a thousand levels deep.
-    - ``msgpack.ExtType`` and ``msgpack.Timestamp`` objects inside a value are
-      written by msgpack as raw extensions; do not cache them.
+      encoded, nor can a value nested more than :data:`MAX_DEPTH` levels
+      deep or one that contains itself, nor a ``msgpack.Timestamp`` (use
+      ``datetime``).  Do not put
+      ``msgpack.ExtType`` objects in values: msgpack writes them as they are.
 
     One instance is meant to be shared by a whole process and is safe to use
     from several threads once its types are registered.
     """
 
-    FORMAT_VERSION: ClassVar[int] = 1
+    FORMAT_VERSION: ClassVar[int] = 2
     """The first byte of every payload; ``loads`` rejects any other."""
 
-    __slots__ = ("_decoders", "_default_hook", "_encoders", "_ext_hook", "_user_types")
+    __slots__ = (
+        "_decoders",
+        "_default_hook",
+        "_encoders",
+        "_ext_hook",
+        "_list_hook",
+        "_markers",
+        "_user_types",
+    )
 
     def __init__(self) -> None:
+        # Per type: how to encode it.  Scalars become an ExtType; containers
+        # become the list [marker, *items] (see the module docs).
         self._encoders: Dict[type, Callable[[Any], Any]] = {
             int: _encode_bigint,
-            tuple: self._encode_tuple,
-            set: self._encode_set,
-            frozenset: self._encode_frozenset,
+            tuple: _container_encoder(_EXT_TUPLE),
+            set: _container_encoder(_EXT_SET),
+            frozenset: _container_encoder(_EXT_FROZENSET),
             datetime: _encode_datetime,
             date: _encode_date,
             time: _encode_time,
@@ -417,10 +484,8 @@ class MsgpackSerializer:
             decimal.Decimal: _encode_decimal,
             uuid.UUID: _encode_uuid,
         }
+        # Per scalar code: how to decode its data.
         self._decoders: Dict[int, Callable[[bytes], Any]] = {
-            _EXT_TUPLE: self._decode_tuple,
-            _EXT_SET: self._decode_set,
-            _EXT_FROZENSET: self._decode_frozenset,
             _EXT_BIGINT: _decode_bigint,
             _EXT_DATETIME: _decode_datetime,
             _EXT_DATE: _decode_date,
@@ -429,23 +494,34 @@ class MsgpackSerializer:
             _EXT_DECIMAL: _decode_decimal,
             _EXT_UUID: _decode_uuid,
         }
+        # Per container code: its marker, and how to build it from its items.
+        self._markers: Dict[int, Tuple[_Marker, Callable[[List[Any]], Any]]] = {
+            _EXT_TUPLE: (_Marker(_EXT_TUPLE), _build_tuple),
+            _EXT_SET: (_Marker(_EXT_SET), _build_set),
+            _EXT_FROZENSET: (_Marker(_EXT_FROZENSET), _build_frozenset),
+        }
         self._user_types: Dict[type, int] = {}
-        # The hooks msgpack calls for every non-native value, bound once
-        # rather than on each call.
+        # The hooks msgpack calls, bound once rather than on each call.
         self._default_hook: Callable[[Any], Any] = self._default
         self._ext_hook: Callable[[int, bytes], Any] = self._decode_ext
+        self._list_hook: Callable[[List[Any]], Any] = self._decode_list
 
     def dumps(self, value: Any) -> bytes:
         """Encode *value*, prefixed by the format-version byte.
 
         Raises :class:`SerializationError` naming the first type it cannot
-        encode.
+        encode, and for values ``loads`` would refuse (too deep, holding a
+        ``msgpack.Timestamp``).
 
         >>> MsgpackSerializer().dumps((1, 2))
-        b'\\x01\\xc7\\x03\\x01\\x92\\x01\\x02'
+        b'\\x02\\x93\\xc7\\x00\\x01\\x01\\x02'
         """
         try:
-            return _VERSION_PREFIX + self._pack(value)
+            # strict_types makes msgpack hand tuples and subclasses of its
+            # types to the default hook instead of writing them as their base
+            # type; use_bin_type=True and datetime=False are msgpack 1.x
+            # defaults.
+            packed: bytes = _packb(value, default=self._default_hook, strict_types=True)
         except SerializationError:
             raise
         except UnicodeEncodeError as error:
@@ -455,27 +531,38 @@ class MsgpackSerializer:
                 str,
             ) from error
         except (ValueError, RecursionError) as error:
-            raise SerializationError(
-                f"MsgpackSerializer cannot encode this {_type_name(type(value))}: "
-                f"{error or type(error).__name__}. Values nested about a thousand "
-                f"levels deep, or that contain themselves, are not supported.",
-                type(value),
-            ) from error
+            raise _too_deep(value, error) from error
+        payload = _VERSION_PREFIX + packed
+        if b"\xff" in packed and _TIMESTAMP_HEADER.search(packed):
+            try:
+                self.loads(payload)
+            except DeserializationError as error:
+                raise SerializationError(
+                    f"MsgpackSerializer cannot encode this value: {error}",
+                    _Timestamp,
+                ) from None
+        return payload
 
     def loads(self, data: bytes) -> Any:
         """Decode a payload written by :meth:`dumps` of a compatible serializer.
 
         Raises :class:`DeserializationError` for anything else.
 
-        >>> MsgpackSerializer().loads(b"\\x01\\xc7\\x03\\x01\\x92\\x01\\x02")
+        >>> MsgpackSerializer().loads(b"\\x02\\x93\\xc7\\x00\\x01\\x01\\x02")
         (1, 2)
         """
-        if not data or data[0] != _FORMAT_VERSION:
+        if data[:1] != _VERSION_PREFIX:
             raise DeserializationError(_describe_bad_header(data))
+        body = data[1:]
+        state = _local.__dict__
+        state["markers"] = 0
         try:
-            # _unpack, inlined: this runs once per value read from Redis.
-            # RedisStore._get_many inlines this call too: keep them in step.
-            return _unpackb(data[1:], ext_hook=self._ext_hook, strict_map_key=False)
+            value = _unpackb(
+                body,
+                ext_hook=self._ext_hook,
+                list_hook=self._list_hook,
+                strict_map_key=False,
+            )
         except DeserializationError:
             raise
         except Exception as error:
@@ -485,6 +572,14 @@ class MsgpackSerializer:
                 f"truncated, or was written with types this serializer has "
                 f"not registered."
             ) from error
+        if state["markers"]:
+            raise DeserializationError(
+                "The payload holds a container marker that does not start an "
+                "array; it was not written by MsgpackSerializer."
+            )
+        if b"\xff" in body and _TIMESTAMP_HEADER.search(body):
+            _refuse_timestamps(value)
+        return value
 
     def register(
         self,
@@ -560,26 +655,29 @@ class MsgpackSerializer:
                 f"{_type_name(cls)} is already registered with code "
                 f"{self._user_types[cls]}."
             )
-        if code in self._decoders:
+        if code in self._markers:
             taken_by = next(t for t, c in self._user_types.items() if c == code)
             raise ValueError(
                 f"Extension code {code} is already taken by {_type_name(taken_by)}; "
                 f"register {_type_name(cls)} with another code from 32 to 127."
             )
 
-        pack = self._pack
-        unpack = self._unpack
+        marker_ext = _ext(code, b"")
 
-        # Closures built once per registered type, not per value.
-        def encode_ext(value: T) -> Any:
-            return _ext(code, pack(encode(value)))
+        def encode_user(value: T) -> Any:
+            return [marker_ext, encode(value)]
 
-        def decode_ext(data: bytes) -> T:
-            return decode(unpack(data))
+        def build_user(items: List[Any]) -> T:
+            if len(items) != 2:
+                raise DeserializationError(
+                    f"A {_type_name(cls)} (extension code {code}) is one encoded "
+                    f"value, but the payload holds {len(items) - 1}."
+                )
+            return decode(items[1])
 
         self._user_types[cls] = code
-        self._encoders[cls] = encode_ext
-        self._decoders[code] = decode_ext
+        self._encoders[cls] = encode_user
+        self._markers[code] = (_Marker(code), build_user)
 
     def _default(self, value: Any) -> Any:
         # msgpack calls this for every value it does not write natively.
@@ -597,23 +695,20 @@ class MsgpackSerializer:
                 type(value),
             ) from error
 
-    def _pack(self, value: Any) -> bytes:
-        # Module functions called directly: a functools.partial carrying the
-        # keyword arguments costs twice as much per call.  strict_types makes
-        # msgpack hand tuples and subclasses of its types to the default hook
-        # instead of writing them as their base type; use_bin_type=True and
-        # datetime=False are msgpack 1.x defaults.
-        packed: bytes = _packb(value, default=self._default_hook, strict_types=True)
-        return packed
-
-    def _unpack(self, data: Any) -> Any:
-        # use_list=True and raw=False are msgpack 1.x defaults: arrays come
-        # back as lists (tuples are an extension type), strings as str.
-        return _unpackb(data, ext_hook=self._ext_hook, strict_map_key=False)
-
     def _decode_ext(self, code: int, data: bytes) -> Any:
+        # msgpack calls this for every extension value it reads.
+        if not data:
+            entry = self._markers.get(code)
+            if entry is not None:
+                _local.markers += 1
+                return entry[0]
         decoder = self._decoders.get(code)
         if decoder is None:
+            if code in self._markers:
+                raise DeserializationError(
+                    f"Extension code {code} is a container marker, which carries "
+                    f"no data, but {len(data)} bytes follow it."
+                )
             raise DeserializationError(
                 f"The payload holds extension code {code}, which this "
                 f"MsgpackSerializer does not know; register the same types "
@@ -621,32 +716,68 @@ class MsgpackSerializer:
             )
         return decoder(data)
 
-    def _encode_tuple(self, value: Tuple[Any, ...]) -> Any:
-        return _ext(_EXT_TUPLE, self._pack(list(value)))
+    def _decode_list(self, items: List[Any]) -> Any:
+        # msgpack calls this for every array it reads, innermost first, so the
+        # items of a container are decoded by the time it is built.
+        if not items:
+            return items
+        marker = items[0]
+        if type(marker) is not _Marker:
+            return items
+        _local.markers -= 1
+        return self._markers[marker.code][1](items)
 
-    def _encode_set(self, value: Set[Any]) -> Any:
-        return _ext(_EXT_SET, self._pack(list(value)))
 
-    def _encode_frozenset(self, value: FrozenSet[Any]) -> Any:
-        return _ext(_EXT_FROZENSET, self._pack(list(value)))
+_local = threading.local()
+_local.markers = 0
 
-    def _decode_tuple(self, data: bytes) -> Tuple[Any, ...]:
-        return tuple(self._decode_items(data))
 
-    def _decode_set(self, data: bytes) -> Set[Any]:
-        return set(self._decode_items(data))
+def _container_encoder(code: int) -> Callable[[Any], List[Any]]:
+    marker_ext = _ext(code, b"")
 
-    def _decode_frozenset(self, data: bytes) -> FrozenSet[Any]:
-        return frozenset(self._decode_items(data))
+    def encode(value: Any) -> List[Any]:
+        return [marker_ext, *value]
 
-    def _decode_items(self, data: bytes) -> List[Any]:
-        items = self._unpack(data)
-        if type(items) is not list:
+    return encode
+
+
+def _build_tuple(items: List[Any]) -> Tuple[Any, ...]:
+    return tuple(items[1:])
+
+
+def _build_set(items: List[Any]) -> Any:
+    return set(items[1:])
+
+
+def _build_frozenset(items: List[Any]) -> Any:
+    return frozenset(items[1:])
+
+
+def _refuse_timestamps(value: Any) -> None:
+    # Only when the payload holds the bytes of a Timestamp header (see
+    # _TIMESTAMP_HEADER); an explicit stack, as the value may nest deeply.
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is _Timestamp:
             raise DeserializationError(
-                f"A container payload decoded to a {_type_name(type(items))}, "
-                f"not a list of items."
+                "The payload holds a msgpack Timestamp (extension -1), which "
+                "MsgpackSerializer never writes."
             )
-        return items
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            stack.extend(item)
+
+
+def _too_deep(value: Any, error: BaseException) -> SerializationError:
+    return SerializationError(
+        f"MsgpackSerializer cannot encode this {_type_name(type(value))}: it "
+        f"nests more than {MAX_DEPTH} levels deep, or contains itself "
+        f"({error or type(error).__name__}).",
+        type(value),
+    )
 
 
 _FORMAT_VERSION = MsgpackSerializer.FORMAT_VERSION

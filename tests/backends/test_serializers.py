@@ -393,44 +393,119 @@ def test_value_that_contains_itself_raises_serialization_error() -> None:
         MsgpackSerializer().dumps(tupled)
 
 
+def nested(depth: int, wrap: Callable[[Any], Any]) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = wrap(value)
+    return value
+
+
+WRAPPERS: dict[str, Callable[[Any], Any]] = {
+    "list": lambda value: [value],
+    "dict": lambda value: {"k": value},
+    "tuple": lambda value: (value,),
+    # A set's items are hashable: a set at every level, beside the next one.
+    "set": lambda value: ({1, 2}, value),
+    "frozenset": lambda value: frozenset({value}),
+}
+
+
+@pytest.mark.parametrize("wrap", WRAPPERS.values(), ids=WRAPPERS)
+def test_values_nested_200_deep_round_trip(wrap: Callable[[Any], Any]) -> None:
+    # Format version 1 decoded each tuple or set through a nested msgpack
+    # call, and 200 levels overflowed the C stack (SIGSEGV).
+    # Compared by their encodings, which are type-exact: comparing values
+    # this deep would recurse past Python's limit.
+    serializer = MsgpackSerializer()
+    data = serializer.dumps(nested(200, wrap))
+    assert serializer.dumps(serializer.loads(data)) == data
+
+
+def test_dumps_refuses_exactly_the_depths_loads_refuses() -> None:
+    serializer = MsgpackSerializer()
+    data = serializer.dumps(nested(serializers.MAX_DEPTH, lambda value: (value,)))
+    assert serializer.dumps(serializer.loads(data)) == data
+    with pytest.raises(SerializationError, match="levels deep"):
+        serializer.dumps(nested(serializers.MAX_DEPTH + 1, lambda value: (value,)))
+    with pytest.raises(DeserializationError):
+        serializer.loads(V + b"\x91" * (serializers.MAX_DEPTH + 1) + b"\x01")
+
+
+def test_a_msgpack_timestamp_is_refused_at_dumps() -> None:
+    with pytest.raises(SerializationError, match="Timestamp") as caught:
+        MsgpackSerializer().dumps({"at": [msgpack.Timestamp(1, 0)]})
+    assert caught.value.value_type is msgpack.Timestamp
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"\xd6\xff\x00\x00\x00\x00", "\xd7\xff", [b"\xc7\x0c\xff" * 3, -1, -1.5]],
+    ids=["bytes", "str", "list"],
+)
+def test_bytes_that_look_like_a_timestamp_header_still_round_trip(value: Any) -> None:
+    assert same(roundtrip(MsgpackSerializer(), value), value)
+
+
 # --- MsgpackSerializer: what cannot be decoded ------------------------------
 
 RICH_PAYLOAD = MsgpackSerializer().dumps(SUPPORTED_VALUES["everything nested"])
 
 
+V = bytes([MsgpackSerializer.FORMAT_VERSION])
+TUPLE_MARKER = msgpack.ExtType(1, b"")
+
+
 def ext_payload(code: int, data: bytes) -> bytes:
     packed: bytes = msgpack.packb(msgpack.ExtType(code, data))
-    return b"\x01" + packed
+    return V + packed
+
+
+def raw_payload(value: Any) -> bytes:
+    packed: bytes = msgpack.packb(value)
+    return V + packed
 
 
 @pytest.mark.parametrize(
     "data",
     [
         pytest.param(b"", id="empty"),
-        pytest.param(b"\x01", id="version byte only"),
-        pytest.param(b"\x01\xc1", id="never-used msgpack byte"),
-        pytest.param(b"\x01\x92\x01", id="truncated array"),
+        pytest.param(V, id="version byte only"),
+        pytest.param(V + b"\xc1", id="never-used msgpack byte"),
+        pytest.param(V + b"\x92\x01", id="truncated array"),
         pytest.param(RICH_PAYLOAD[:-1], id="truncated"),
         pytest.param(RICH_PAYLOAD + b"\x00", id="trailing byte"),
-        pytest.param(b"\x01\x01\x02", id="two values"),
-        pytest.param(b"\x02" + RICH_PAYLOAD[1:], id="next format version"),
+        pytest.param(V + b"\x01\x02", id="two values"),
+        pytest.param(b"\x03" + RICH_PAYLOAD[1:], id="next format version"),
+        pytest.param(b"\x01" + RICH_PAYLOAD[1:], id="format version 1"),
         pytest.param(b"\x00" + RICH_PAYLOAD[1:], id="format version 0"),
         pytest.param(msgpack.packb([1, 2]), id="bare msgpack"),
-        pytest.param(ext_payload(99, b""), id="unknown user code"),
+        pytest.param(raw_payload([msgpack.ExtType(99, b"")]), id="unknown user code"),
         pytest.param(ext_payload(20, b""), id="reserved unused code"),
-        pytest.param(ext_payload(1, msgpack.packb({1: 2})), id="tuple of a map"),
-        pytest.param(ext_payload(2, msgpack.packb([[1]])), id="set of a list"),
-        pytest.param(ext_payload(1, msgpack.packb([1]) + b"\x00"), id="tuple trailing"),
+        pytest.param(ext_payload(1, b""), id="a marker alone"),
+        pytest.param(raw_payload([1, TUPLE_MARKER]), id="a marker not first"),
+        pytest.param(raw_payload({"k": TUPLE_MARKER}), id="a marker as a value"),
+        pytest.param(ext_payload(1, msgpack.packb([1])), id="a marker with data"),
+        pytest.param(raw_payload([msgpack.ExtType(2, b""), [1]]), id="set of a list"),
         pytest.param(ext_payload(5, b"\x07\xe8\x0d" + bytes(9)), id="month 13"),
         pytest.param(ext_payload(5, b"\x07"), id="short datetime"),
+        pytest.param(ext_payload(5, b""), id="empty datetime"),
         pytest.param(ext_payload(6, b"\x07\xe8\x02\x1e"), id="30 February"),
         pytest.param(ext_payload(7, bytes(20)), id="long time"),
         pytest.param(ext_payload(8, bytes(3)), id="short timedelta"),
         pytest.param(ext_payload(9, b"12,5"), id="malformed decimal"),
         pytest.param(ext_payload(9, b"\xff"), id="non-ascii decimal"),
         pytest.param(ext_payload(10, bytes(15)), id="short uuid"),
-        pytest.param(b"\x01\xa2\xff\xfe", id="invalid utf-8 str"),
-        pytest.param(b"\x01\x81\x91\x01\x02", id="list as a map key"),
+        pytest.param(V + b"\xa2\xff\xfe", id="invalid utf-8 str"),
+        pytest.param(V + b"\x81\x91\x01\x02", id="list as a map key"),
+        pytest.param(raw_payload(msgpack.Timestamp(1, 2)), id="msgpack Timestamp"),
+        pytest.param(
+            raw_payload({"when": [msgpack.Timestamp(2**40, 5)]}), id="nested Timestamp"
+        ),
+        pytest.param(V + b"\x91" * 1025 + b"\x01", id="arrays 1025 deep"),
+        pytest.param(V + b"\x91" * 100_000 + b"\x01", id="arrays 100000 deep"),
+        pytest.param(V + b"\x92\xc7\x00\x01" * 5000 + b"\x01", id="tuples 5000 deep"),
+        pytest.param(V + b"\xdd\xff\xff\xff\xff", id="an array claiming 4G items"),
+        pytest.param(V + b"\xc6\xff\xff\xff\xff", id="a bin claiming 4 GB"),
     ],
 )
 def test_corrupt_bytes_raise_deserialization_error(data: bytes) -> None:
@@ -446,8 +521,8 @@ def test_every_truncation_of_a_payload_is_rejected() -> None:
 
 
 def test_wrong_version_names_both_versions() -> None:
-    with pytest.raises(DeserializationError, match=r"format version 2.*version 1"):
-        MsgpackSerializer().loads(b"\x02\xc0")
+    with pytest.raises(DeserializationError, match=r"format version 1.*version 2"):
+        MsgpackSerializer().loads(b"\x01\xc0")
 
 
 def test_malformed_decimal_is_rejected_even_when_the_context_does_not_trap() -> None:
