@@ -48,10 +48,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "NOOP_SPAN",
+    "EndableSpan",
     "SpanLike",
     "batch_span",
     "redis_span",
     "set_tracer_provider",
+    "start_redis_span",
 ]
 
 AttributeValue = Union[str, bool, int, float]
@@ -69,6 +71,14 @@ class SpanLike(Protocol):
         ...
 
 
+class EndableSpan(SpanLike, Protocol):
+    """A span ended explicitly: from :func:`start_redis_span`."""
+
+    def end(self) -> None:
+        """End the span (nothing, on the no-op)."""
+        ...
+
+
 class _NoopSpan:
     """A context manager and span that does nothing; see :data:`NOOP_SPAN`."""
 
@@ -81,6 +91,9 @@ class _NoopSpan:
         return None
 
     def set_attribute(self, key: str, value: AttributeValue) -> None:
+        return None
+
+    def end(self) -> None:
         return None
 
     def __repr__(self) -> str:
@@ -200,6 +213,27 @@ def redis_span(operation: str, keys: int) -> ContextManager[SpanLike]:
     if tracer is None:
         return NOOP_SPAN
     span: ContextManager[SpanLike] = tracer.start_as_current_span(
+        "loadercache.redis." + operation, attributes={"loadercache.keys": keys}
+    )
+    return span
+
+
+def start_redis_span(operation: str, keys: int) -> EndableSpan:
+    """A ``loadercache.redis.<operation>`` span that the caller ends itself.
+
+    For a round trip sent from one callback and answered in another, where no
+    ``with`` block spans both: the span is not made current.
+
+    >>> span = start_redis_span("set_many", 3)
+    >>> span.end()
+
+    Returns :data:`NOOP_SPAN` without OpenTelemetry or while no SDK provider
+    is configured.
+    """
+    tracer = _recording_tracer()
+    if tracer is None:
+        return NOOP_SPAN
+    span: EndableSpan = tracer.start_span(
         "loadercache.redis." + operation, attributes={"loadercache.keys": keys}
     )
     return span
