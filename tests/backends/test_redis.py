@@ -34,30 +34,49 @@ from ..redis_servers import (
     random_prefix,
     real_redis_url,
     recorder,
+    redis_py_clients,
+    valkey_url,
 )
 from .test_serializers import Point, point_serializer
 
 
 class Env:
-    """One Redis server (fake or real) that tests make 'processes' on."""
+    """One Redis server (fake or real) that tests make 'processes' on.
 
-    def __init__(self, kind: str, url: Optional[str]) -> None:
+    ``kind`` is ``fakeredis``; ``redis`` (the server at REDIS_URL) or
+    ``valkey`` (a private Valkey server), both through the store's own
+    connection; or ``redis-py`` (REDIS_URL through a redis-py client).
+    """
+
+    def __init__(self, kind: str) -> None:
         self.kind = kind
-        self.url = url
-        self.prefix = "lctest" if url is None else random_prefix()
         self.server = fakeredis.FakeServer()
+        self.url: Optional[str] = None
+        if kind in ("redis", "redis-py"):
+            self.url = real_redis_url()
+        elif kind == "valkey":
+            self.url = valkey_url()
+        if kind in ("fakeredis", "redis-py"):
+            redis_py_clients()
+        self.prefix = "lctest" if self.url is None else random_prefix()
         self.stores: List[RedisStore] = []
+        self.clients: List[Any] = []
         self.raw = self.client()
 
     def client(self) -> Any:
+        """A redis-py client of the server, closed at the end."""
         if self.url is None:
-            return fakeredis.FakeAsyncRedis(server=self.server)
-        return redis.asyncio.Redis.from_url(self.url, socket_timeout=2.0)
+            client = fakeredis.FakeAsyncRedis(server=self.server)
+        else:
+            client = redis.asyncio.Redis.from_url(self.url, socket_timeout=2.0)
+        self.clients.append(client)
+        return client
 
     def store(self, **options: Any) -> RedisStore:
-        """A new store with its own client: another process."""
+        """A new store with its own connection: another process."""
         options.setdefault("timeout", 2.0)
-        store = RedisStore(self.client(), prefix=self.prefix, **options)
+        target = self.url if self.kind in ("redis", "valkey") else self.client()
+        store = RedisStore(target, prefix=self.prefix, **options)
         self.stores.append(store)
         return store
 
@@ -67,19 +86,22 @@ class Env:
             [key async for key in self.raw.scan_iter(match=f"{self.prefix}:*")]
         )
 
+    def gen_key(self, namespace: str = "users") -> str:
+        """The generation key of *namespace* (the documented key scheme)."""
+        return f"{self.prefix}:2:v1:{{{namespace}}}:gen"
+
     async def close(self) -> None:
         for store in self.stores:
-            await store.flush()
-            await store.client.aclose()
-        await self.raw.aclose()
+            await store.aclose()
+        for client in self.clients:
+            await client.aclose()
         if self.url is not None:
             delete_prefix(self.url, self.prefix)
 
 
-@pytest.fixture(params=["fakeredis", "real"])
+@pytest.fixture(params=["fakeredis", "redis", "valkey", "redis-py"])
 async def env(request: pytest.FixtureRequest) -> AsyncIterator[Env]:
-    url = None if request.param == "fakeredis" else real_redis_url()
-    env = Env(request.param, url)
+    env = Env(request.param)
     try:
         yield env
     finally:
@@ -370,7 +392,7 @@ async def test_a_lost_generation_key_is_made_anew(env: Env) -> None:
     await loader_on(store, batch_load).load(1)
     await store.flush()
     # Evicted, or lost with a restart: <prefix>:<version>:{<namespace>}:gen.
-    assert await env.raw.delete(f"{env.prefix}:1:{{users}}:gen") == 1
+    assert await env.raw.delete(env.gen_key()) == 1
     assert await loader_on(store, batch_load).load_many([1, 2]) == [
         {"id": 1},
         {"id": 2},
@@ -504,11 +526,11 @@ async def test_an_unserializable_value_is_returned_not_cached_and_warned_once(
     "corrupt",
     [
         lambda written: b"\x00garbage",
-        # The right generation and format version, then bytes msgpack refuses
-        # (0xc1 is never used): the decoding inlined for MsgpackSerializer.
-        lambda written: written[:17] + b"\xc1",
+        # The right envelope (13 bytes) and format version, then bytes
+        # msgpack refuses (0xc1 is never used).
+        lambda written: written[:14] + b"\xc1",
         # ... then a msgpack extension code nobody registered.
-        lambda written: written[:17] + b"\xd4\x7f\x00",
+        lambda written: written[:14] + b"\xd4\x7f\x00",
     ],
     ids=["no-token", "bad-msgpack", "unknown-extension"],
 )
@@ -769,8 +791,9 @@ async def test_flush_waits_for_the_background_writes(env: Env) -> None:
     assert expected <= keys
     assert store.redis_key("users", 3) not in keys
     stats = store.stats
-    # 3 was cleared before its write-back was sent: not written at all.
-    assert (stats.written_keys, stats.deleted_keys, stats.errors) == (10, 1, 0)
+    # The ten values went out the turn their batch settled, before the
+    # clear; then the prime and the delete.
+    assert (stats.written_keys, stats.deleted_keys, stats.errors) == (11, 1, 0)
 
 
 async def test_store_stats_are_a_plain_snapshot(env: Env) -> None:
@@ -791,12 +814,20 @@ async def test_store_stats_are_a_plain_snapshot(env: Env) -> None:
         "written_keys": 3,
         "deleted_keys": 0,
         "errors": 0,
+        "timeouts": 0,
+        "unusable_replies": 0,
+        "write_errors": 0,
         "skipped": 0,
         "serialization_skips": 0,
         "decode_errors": 0,
+        "pending_operations": 0,
+        "generation_overflows": 0,
+        "connects": stats.connects,
         "breaker_state": "closed",
+        "write_breaker_state": "closed",
         "breaker_opens": 0,
     }
+    assert stats.connects == (1 if env.kind in ("redis", "valkey") else 0)
 
 
 # -- construction -------------------------------------------------------------
@@ -819,26 +850,33 @@ async def test_a_url_store_survives_no_server_and_closes_its_client() -> None:
     assert calls == [[1]]
 
 
-async def test_the_store_refuses_what_it_cannot_work_with(env: Env) -> None:
+async def test_the_store_refuses_what_it_cannot_work_with() -> None:
+    redis_py_clients()
     decoding = redis.asyncio.Redis(decode_responses=True)
     with pytest.raises(ValueError, match="decode_responses=False"):
         RedisStore(decoding)
     await decoding.aclose()
-    client = env.client()
-    with pytest.raises(TypeError, match="socket_timeout"):
-        RedisStore(client, socket_timeout=1.0)
+    client = fakeredis.FakeAsyncRedis()
+    with pytest.raises(TypeError, match="connect_timeout"):
+        RedisStore(client, connect_timeout=1.0)
     await client.aclose()
     with pytest.raises(TypeError, match=r"redis\.asyncio\.Redis"):
         RedisStore(42)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="dumps"):
         RedisStore("redis://x", serializer=object())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="redis://"):
+        RedisStore("http://x")
     bad_options: List[Dict[str, Any]] = [
         {"ttl": 0},
         {"ttl": -1},
+        {"ttl": float("nan")},
         {"negative_ttl": -1},
         {"ttl_jitter": 1},
         {"timeout": 0},
         {"breaker_threshold": 0},
+        {"breaker_cooldown": -1},
+        {"max_value_bytes": 10},
+        {"secret": b"short"},
         {"prefix": ""},
         {"prefix": "a{b"},
         {"version": "1:2"},
@@ -848,8 +886,11 @@ async def test_the_store_refuses_what_it_cannot_work_with(env: Env) -> None:
             RedisStore("redis://x", **options)
     wrong_types: List[Dict[str, Any]] = [
         {"ttl": "60"},
+        {"ttl": True},
         {"ttl_jitter": None},
         {"breaker_threshold": 2.5},
+        {"max_value_bytes": 1.5},
+        {"secret": 42},
         {"version": 2},
         {"prefix": b"lc"},
     ]
@@ -864,7 +905,7 @@ def test_importing_without_the_extra_names_the_install_command() -> None:
     script = textwrap.dedent(
         """
         import sys
-        sys.modules["redis"] = None
+        sys.modules["msgpack"] = None
         try:
             import loadercache.backends.redis
         except ImportError as error:
@@ -889,8 +930,8 @@ class ShortPipeline:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.pipe, name)
 
-    async def execute(self) -> List[Any]:
-        results: List[Any] = await self.pipe.execute()
+    async def execute(self, **options: Any) -> List[Any]:
+        results: List[Any] = await self.pipe.execute(**options)
         if results and isinstance(results[-1], list):
             results[-1] = results[-1][:-1]
         return results
@@ -904,6 +945,7 @@ class ShortRedis(fakeredis.FakeAsyncRedis):  # type: ignore[misc]
 async def test_a_wrong_number_of_values_is_all_misses_and_logged(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    redis_py_clients()
     server = fakeredis.FakeServer()
     good = RedisStore(fakeredis.FakeAsyncRedis(server=server))
     batch_load, calls = recorder()
@@ -916,6 +958,7 @@ async def test_a_wrong_number_of_values_is_all_misses_and_logged(
     assert calls == [[1, 2], [1, 2]]
     assert loader.stats.remote_misses == 2
     assert short.stats.errors == 1
-    assert any("values for 2 keys" in r.getMessage() for r in caplog.records)
+    assert short.stats.unusable_replies == 1
+    assert any("MGET of 3 keys" in r.getMessage() for r in caplog.records)
     await short.aclose()
     await good.aclose()

@@ -1,12 +1,12 @@
 """What the Redis cache map costs Redis, counted by the server itself.
 
-Each test starts its own redis-server, resets its statistics (CONFIG
-RESETSTAT) and reads INFO commandstats afterwards: no mocks.  A read round
-trip is one pipeline ``GET <generation>`` + ``MGET <keys>``, so ``mget``
-counts read round trips.  A write round trip is one pipeline of ``SET``s that
-ends with one ``PEXPIRE`` of the namespace's generation key (it keeps the
+Each test starts its own server (Redis and Valkey), resets its statistics
+(CONFIG RESETSTAT) and reads INFO commandstats afterwards: no mocks.  A read
+round trip is one ``MGET <generation> <keys>``, so ``mget`` counts read round
+trips.  A write round trip is one pipeline of ``SET``s that ends with one
+``PEXPIRE`` per namespace written of its generation key (it keeps the
 generation alive as long as the values), so ``pexpire`` counts write round
-trips.
+trips of one namespace.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from redis.asyncio.cluster import RedisCluster
 from loadercache import DataLoader
 from loadercache.backends.redis import RedisStore
 
-from ..redis_servers import RedisServer, recorder
+from ..redis_servers import RedisServer, recorder, redis_py_clients
 
 N, B = 120, 6
 
@@ -35,7 +35,7 @@ def assert_b_reads_and_at_most_b_writes(server: RedisServer) -> int:
     assert 1 <= writes <= B
     # Every value once, plus at most one generation created per write.
     assert N < counted["set"] <= N + writes
-    assert counted == {"get": B, "mget": B, "set": counted["set"], "pexpire": writes}
+    assert counted == {"mget": B, "set": counted["set"], "pexpire": writes}
     return writes
 
 
@@ -62,7 +62,7 @@ async def test_n_keys_over_b_concurrent_batches_cost_b_reads_and_at_most_b_write
     )
     assert await warm.load_many(range(N)) == [{"id": key} for key in range(N)]
     await reader.flush()
-    assert server.command_calls() == {"get": B, "mget": B}
+    assert server.command_calls() == {"mget": B}
     assert len(calls) == B
     await store.aclose()
     await reader.aclose()
@@ -119,7 +119,7 @@ async def test_clear_all_is_one_command_whatever_the_namespace_holds(
     await reader.aclose()
 
 
-async def test_clear_then_load_in_one_tick_is_one_round_trip(
+async def test_clear_then_load_in_one_tick_deletes_before_it_reads(
     server: RedisServer,
 ) -> None:
     db = {1: "old"}
@@ -135,16 +135,10 @@ async def test_clear_then_load_in_one_tick_is_one_round_trip(
     assert await loader.clear(1).load(1) == "new"
     await store.flush()
     after = store.stats
-    # The delete travelled in the read's pipeline, ahead of the MGET: one
-    # read round trip, and one write round trip for the fresh value.
-    assert (after.reads - before.reads, after.writes - before.writes) == (1, 1)
-    assert server.command_calls() == {
-        "del": 1,
-        "get": 1,
-        "mget": 1,
-        "set": 1,
-        "pexpire": 1,
-    }
+    # The delete went out the turn it was made, on the connection the read
+    # took a turn later (so Redis ran it first); then the fresh value.
+    assert (after.reads - before.reads, after.writes - before.writes) == (1, 2)
+    assert server.command_calls() == {"del": 1, "mget": 1, "set": 1, "pexpire": 1}
     assert calls == [[1], [1]]
     await store.aclose()
 
@@ -169,7 +163,7 @@ async def test_a_prime_is_one_write_or_two_round_trips_in_a_new_process(
     DataLoader(batch_load, cache_map=fresh.cache_map("users")).prime(3, "three")
     await fresh.flush()
     assert server.command_calls() == {"get": 1, "set": 1, "pexpire": 1}
-    assert fresh.stats.writes == 1
+    assert fresh.stats.writes == 2
     await store.aclose()
     await fresh.aclose()
 
@@ -210,6 +204,7 @@ async def test_a_redis_cluster_reads_a_batch_with_one_mget_on_one_node(
 ) -> None:
     # All keys of a namespace share its hash tag, so a batch is one MGET (in
     # one pipeline) on the node that owns the namespace's slot.
+    redis_py_clients()
     db = {key: f"v{key}" for key in range(N)}
     batch_load, calls = recorder(db.__getitem__)
     clients = [RedisCluster(host="127.0.0.1", port=cluster.port) for _ in range(2)]
@@ -225,7 +220,7 @@ async def test_a_redis_cluster_reads_a_batch_with_one_mget_on_one_node(
     )
     assert await warm.load_many(range(N)) == [db[key] for key in range(N)]
     counted = cluster.command_calls()
-    assert (counted["mget"], counted["get"]) == (2 * B, 2 * B)
+    assert (counted["mget"], counted.get("get", 0)) == (2 * B, 0)
     assert 1 <= counted["pexpire"] <= B
     assert len(calls) == B and warm.stats.remote_hits == N
 

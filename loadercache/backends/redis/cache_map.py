@@ -1,0 +1,204 @@
+"""The cache map a loader gets from a store: futures locally, values in Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    Hashable,
+    MutableMapping,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
+
+from loadercache.backends.redis.keys import (
+    can_skip_check,
+    check_namespace,
+    redis_key,
+    redis_keys,
+    short_repr,
+)
+from loadercache.backends.redis.store import RedisStore
+from loadercache.cache import CacheMap, as_cache_map
+
+__all__ = ["RedisCacheMap"]
+
+# Redis keys encoded by set() for the dispatch that will read them.
+_MAX_ENCODED = 10_000
+
+
+class RedisCacheMap:
+    """A cache map whose futures live locally and whose values live in Redis.
+
+    Make one per loader, per request, from a shared :class:`RedisStore`:
+
+    >>> users = DataLoader(fetch_users, cache_map=store.cache_map("users"))
+    >>> # or: RedisCacheMap(store, "users", local=LRUCacheMap(maxsize=1000))
+
+    The loader drives it: ``get``/``set``/``delete``/``clear`` (the
+    :class:`~loadercache.CacheMap` protocol) keep the futures in ``local`` (a
+    new dict by default, or any cache map or ``MutableMapping``), and
+    ``get_many``/``set_many`` (the :class:`~loadercache.RemoteTier` protocol)
+    read and write Redis once per batch.  ``namespace`` is required: it scopes
+    every key and every clear (see :mod:`loadercache.backends.redis` on tenant
+    scoping).  A cache key that cannot become a Redis key raises
+    ``TypeError`` at ``load()`` (from :meth:`set`, before anything is stored
+    or queued).
+    """
+
+    __slots__ = ("_encoded", "_local", "_local_set", "_tier", "get")
+
+    if TYPE_CHECKING:
+
+        def get(self, key: Hashable) -> Optional[asyncio.Future[Any]]:
+            """The local future of *key*, or None: the local tier's own ``get``."""
+
+    def __init__(
+        self,
+        store: RedisStore,
+        namespace: str,
+        *,
+        local: Union[CacheMap[Any, Any], MutableMapping[Any, Any], None] = None,
+    ) -> None:
+        if not isinstance(store, RedisStore):
+            raise TypeError(
+                f"RedisCacheMap needs a RedisStore, but got {short_repr(store)}; "
+                "create one store per process and call store.cache_map(namespace)."
+            )
+        check_namespace(namespace)
+        self._tier = store._tier(namespace)
+        self._local: CacheMap[Any, Any] = as_cache_map(
+            local if local is not None else {}
+        )
+        # The loader calls get for every load: it is the local tier's own
+        # (bound through the slot's descriptor, not by assignment, so that a
+        # get a subclass defines stays in force and its super().get() reaches
+        # this one).  A key that cannot be stored is refused by set().
+        _GET_SLOT.__set__(self, self._local.get)
+        self._local_set: Callable[[Hashable, asyncio.Future[Any]], None] = (
+            self._local.set
+        )
+        self._encoded: Dict[Hashable, bytes] = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"RedisCacheMap(namespace={self.namespace!r}, store={self.store!r}, "
+            f"local={self._local!r})"
+        )
+
+    @property
+    def namespace(self) -> str:
+        """The namespace every key and clear of this map is scoped to.
+
+        >>> store.cache_map("users").namespace
+        'users'
+        """
+        return self._tier.namespace.name
+
+    @property
+    def store(self) -> RedisStore:
+        """The store this map reads and writes through.
+
+        >>> store.cache_map("users").store is store
+        True
+        """
+        return self._tier.store
+
+    # -- CacheMap --------------------------------------------------------
+
+    def set(self, key: Hashable, value: asyncio.Future[Any]) -> None:
+        """Hold *value* locally; a resolved future (a prime) is also written to Redis.
+
+        Raises ``TypeError``, storing nothing, for a key that cannot become a
+        Redis key: ``load()`` and ``prime()`` call ``set`` on every miss, so
+        that is where an unstorable key is refused.
+
+        >>> loader.prime(1, ada)  # calls cache_map.set(1, <resolved future>)
+        """
+        if not can_skip_check(key):
+            # Encoded now, so an unstorable key raises here, and kept for the
+            # read of its batch.
+            encoded = self._encoded
+            if key not in encoded:
+                rkey = redis_key(self._tier.base, key)
+                if len(encoded) >= _MAX_ENCODED:
+                    encoded.clear()
+                encoded[key] = rkey
+        self._local_set(key, value)
+        if value.done() and not value.cancelled() and value.exception() is None:
+            self._tier.prime(self._redis_key(key), value.result())
+
+    def delete(self, key: Hashable) -> None:
+        """Forget *key* locally and delete it in Redis (in the background).
+
+        >>> loader.clear(1)  # calls cache_map.delete(1)
+        """
+        self._local.delete(key)
+        try:
+            rkey = self._redis_key(key)
+        except TypeError:
+            return  # such a key cannot be in Redis
+        self._tier.invalidate(rkey)
+
+    def clear(self) -> None:
+        """Forget every key locally and, for every process, in Redis (O(1)).
+
+        >>> loader.clear_all()  # calls cache_map.clear()
+        """
+        self._local.clear()
+        self._encoded.clear()
+        self._tier.invalidate_all()
+
+    # -- RemoteTier --------------------------------------------------------
+
+    async def get_many(self, keys: Sequence[Hashable]) -> Sequence[Any]:
+        """Read *keys* from Redis in one round trip: values, or MISS.
+
+        When Redis fails, raises :class:`~loadercache.RemoteTierError` (the
+        failure is logged once per outage by the store), and the loader loads
+        every key from the batch function.  While the breaker is open every
+        key is a MISS, with no round trip.
+
+        >>> await cache_map.get_many([1, 2])
+        [{'id': 1, 'name': 'Ada'}, MISS]
+        """
+        if not keys:
+            return []
+        return await self._tier.read(keys, self._encoded)
+
+    async def set_many(self, items: Sequence[Tuple[Hashable, Any]]) -> None:
+        """Write freshly loaded values to Redis with this turn's other writes.
+
+        In the background unless the store has ``wait_for_writes=True``.
+        Values that cannot be serialized are skipped; never raises.
+
+        >>> await cache_map.set_many([(2, {'id': 2, 'name': 'Grace'})])
+        """
+        await self._tier.write(items, self._encoded)
+
+    def discard(self, key: Hashable, future: asyncio.Future[Any]) -> None:
+        """Forget the local future of a load that failed or was cancelled.
+
+        Redis is not touched: such a load never wrote anything there.
+
+        >>> cache_map.discard(1, failed_future)
+        """
+        if self.get(key) is future:
+            self._local.delete(key)
+        self._encoded.pop(key, None)
+
+    # -- helpers -------------------------------------------------------------
+
+    def _redis_key(self, key: Hashable) -> bytes:
+        rkey = self._encoded.pop(key, None)
+        if rkey is None:
+            rkey = redis_keys(self._tier.base, (key,))[0]
+        return rkey
+
+
+_GET_SLOT = RedisCacheMap.__dict__["get"]

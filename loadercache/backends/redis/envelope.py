@@ -1,0 +1,215 @@
+"""What a stored value looks like in Redis: the serializer's bytes in an envelope.
+
+Every value is stored as ::
+
+    "L" | generation token (8) | crc32(Redis key) (4) | [HMAC (16)] | payload
+
+* The **token** is the generation of the namespace the value was loaded under
+  (see :mod:`loadercache.backends.redis.namespace`): a value of any other
+  generation is a miss, which is how ``clear_all`` forgets a namespace in one
+  command.
+* The **key binding** is the CRC-32 of the full Redis key (prefix, version,
+  namespace and encoded key).  A value read under another key than the one it
+  was written under is refused: a connection whose replies ran out of step
+  with its requests (a reply for another key, another namespace) can never
+  hand one key's value to another.  Such a value is counted as a decode error
+  and the store closes the connection that produced it.
+* With ``secret=``, an **HMAC-SHA256** (its first 16 bytes) of the token, the
+  Redis key and the payload: a value written by anyone without the secret,
+  or altered, is a miss.  It does not stop a writer who can reach the server
+  from deleting keys or storing an old value again (a replay): that needs
+  access control on the server (ACLs, a private network, TLS).
+* The **payload** is what the serializer's ``dumps`` returned.
+
+A namespace's generation key holds ``"G" | token (8) | crc32(its key) (4)``,
+bound to its key in the same way.
+
+Values longer than ``max_bytes`` (the store's ``max_value_bytes``) are
+neither written nor read: a value of tens of megabytes would block the
+connection every request of the process shares.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import struct
+import zlib
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+from loadercache.backends.redis.resp import TOO_LARGE
+from loadercache.backends.serializers import Serializer
+
+__all__ = ["Envelope", "Mismatch", "Opened", "TooLarge", "new_token"]
+
+TOKEN_SIZE = 8
+_VALUE = b"L"
+_GENERATION = b"G"
+_CRC = struct.Struct(">I")
+_MAC_SIZE = 16
+_HEADER = 1 + TOKEN_SIZE + _CRC.size
+
+
+def new_token() -> bytes:
+    """A new generation token: 8 random bytes."""
+    return os.urandom(TOKEN_SIZE)
+
+
+class TooLarge(Exception):
+    """A value whose envelope is longer than the store's ``max_value_bytes``."""
+
+
+class Mismatch(Exception):
+    """A stored value or generation bound to another key than the one read."""
+
+
+class Opened:
+    """How each value of a read opened: counts, for the store's stats."""
+
+    __slots__ = ("corrupt", "forged", "too_large")
+
+    def __init__(self) -> None:
+        self.corrupt = 0
+        self.forged = 0
+        self.too_large = 0
+
+    @property
+    def errors(self) -> int:
+        return self.corrupt + self.forged + self.too_large
+
+
+class Envelope:
+    """Seals payloads into envelopes and opens them (see the module docs).
+
+    >>> envelope = Envelope(MsgpackSerializer())
+    >>> token = new_token()
+    >>> raw = envelope.seal(token, b"lc:2:v1:{users}:i:1", envelope.dumps({"id": 1}))
+    >>> envelope.open_all(token, [b"lc:2:v1:{users}:i:1"], [raw], Opened(), MISS)
+    [{'id': 1}]
+    """
+
+    __slots__ = ("_header", "_loads", "dumps", "max_bytes", "secret", "serializer")
+
+    def __init__(
+        self,
+        serializer: Serializer,
+        *,
+        secret: Optional[bytes] = None,
+        max_bytes: Optional[int] = None,
+    ) -> None:
+        self.serializer = serializer
+        self.dumps: Callable[[Any], bytes] = serializer.dumps
+        self._loads = serializer.loads
+        self.secret = secret
+        self.max_bytes = max_bytes
+        self._header = _HEADER + (_MAC_SIZE if secret is not None else 0)
+
+    @property
+    def overhead(self) -> int:
+        """The bytes an envelope adds to a payload."""
+        return self._header
+
+    @property
+    def max_reply(self) -> Optional[int]:
+        """The longest bulk reply a read needs to see whole."""
+        return self.max_bytes
+
+    def seal(self, token: bytes, rkey: bytes, payload: bytes) -> bytes:
+        """The envelope of *payload* stored at *rkey* under generation *token*.
+
+        Raises :class:`TooLarge` past ``max_bytes``.
+        """
+        head = _VALUE + token + _CRC.pack(zlib.crc32(rkey))
+        if self.secret is not None:
+            head += self._mac(token, rkey, payload)
+        if self.max_bytes is not None and len(head) + len(payload) > self.max_bytes:
+            raise TooLarge(
+                f"the value takes {len(head) + len(payload)} bytes, more than "
+                f"max_value_bytes={self.max_bytes}"
+            )
+        return head + payload
+
+    def open_all(
+        self,
+        token: Optional[bytes],
+        rkeys: Sequence[bytes],
+        raws: Sequence[Any],
+        opened: Opened,
+        miss: Any,
+    ) -> List[Any]:
+        """The values of *raws* read at *rkeys*; *miss* for each one that is not.
+
+        A raw of another generation, or one that does not decode, is *miss*
+        (counted in *opened*); one bound to another key raises
+        :class:`Mismatch`: the reply is not an answer to this read.
+        """
+        values: List[Any] = []
+        append = values.append
+        if token is None:
+            # No generation: nothing stored can be current.
+            for raw in raws:
+                if raw is TOO_LARGE:
+                    opened.too_large += 1
+                append(miss)
+            return values
+        prefix = _VALUE + token
+        loads = self._loads
+        header = self._header
+        secret = self.secret
+        crc32 = zlib.crc32
+        unpack_crc = _CRC.unpack_from
+        for rkey, raw in zip(rkeys, raws):
+            if raw is None:
+                append(miss)
+            elif type(raw) is bytes and raw.startswith(prefix) and len(raw) >= header:
+                if unpack_crc(raw, 9)[0] != crc32(rkey):
+                    raise Mismatch(
+                        f"the value read at {rkey!r} is bound to another key"
+                    )
+                if secret is not None and not hmac.compare_digest(
+                    raw[_HEADER:header], self._mac(token, rkey, raw[header:])
+                ):
+                    opened.forged += 1
+                    append(miss)
+                    continue
+                try:
+                    append(loads(raw[header:]))
+                except Exception:
+                    opened.corrupt += 1
+                    append(miss)
+            elif raw is TOO_LARGE:
+                opened.too_large += 1
+                append(miss)
+            elif type(raw) is bytes and raw[:1] == _VALUE and len(raw) >= _HEADER:
+                append(miss)  # another generation: cleared
+            else:
+                opened.corrupt += 1
+                append(miss)
+        return values
+
+    def generation(self, gen_key: bytes, token: bytes) -> bytes:
+        """What the generation key *gen_key* holds for *token*."""
+        return _GENERATION + token + _CRC.pack(zlib.crc32(gen_key))
+
+    def open_generation(self, gen_key: bytes, raw: Any) -> Tuple[Optional[bytes], bool]:
+        """The token held at *gen_key* (``None`` if none) and whether it was valid.
+
+        Raises :class:`Mismatch` for the generation of another key.
+        """
+        if raw is None:
+            return None, True
+        if (
+            type(raw) is not bytes
+            or len(raw) != 1 + TOKEN_SIZE + _CRC.size
+            or raw[:1] != _GENERATION
+        ):
+            return None, False
+        if _CRC.unpack_from(raw, 1 + TOKEN_SIZE)[0] != zlib.crc32(gen_key):
+            raise Mismatch(f"the generation read at {gen_key!r} is another key's")
+        return raw[1 : 1 + TOKEN_SIZE], True
+
+    def _mac(self, token: bytes, rkey: bytes, payload: bytes) -> bytes:
+        assert self.secret is not None
+        message = b"%d:%s%s%s" % (len(rkey), rkey, token, payload)
+        return hmac.new(self.secret, message, hashlib.sha256).digest()[:_MAC_SIZE]

@@ -1,0 +1,248 @@
+"""The Redis key of every cached value: scheme, namespaces, and key encoding.
+
+Key scheme (version 2)
+----------------------
+A value lives at ``<prefix>:2:v<version>:{<namespace>}:<encoded key>``, e.g.
+``lc:2:v1:{users}:i:42`` or ``lc:2:v1:{tenant:7:users}:s:alice``, and the
+namespace's generation (see :mod:`loadercache.backends.redis.namespace`) at
+``...:{<namespace>}:gen``.  ``2`` is the version of this scheme and of the
+value envelope: a deploy of a loadercache that writes another layout reads
+and writes other keys, so old and new deploys never read each other's
+values.  ``<version>`` is the user's (``RedisStore(version=...)``): bump it
+when the shape of the cached values changes.  The namespace is in braces, the
+Redis Cluster *hash tag*: every key of a namespace lives in one slot, so one
+``MGET`` and one pipeline serve a whole batch on a cluster too.
+
+Key encoding
+------------
+The encoding of a cache key is injective and type-aware: ``1``, ``"1"``,
+``b"1"``, ``(1,)`` and ``frozenset({1})`` are five different Redis keys
+(``s:`` for str, ``i:`` for int, ``f:`` for a non-integral float, ``b:`` for
+bytes, ``u:`` for a UUID, ``t:`` and ``z:`` for tuples and frozensets, whose
+items are length-prefixed).  Keys that are *equal in Python* share a Redis
+key: ``True``, ``1`` and ``1.0`` are one key, as they are one key of the
+local dict, so the answer never depends on which tier gave it.  NaN is
+refused: ``float("nan") != float("nan")``, so each NaN is a key of its own to
+a dict, while any encoding would give them one Redis key.  A cache key of any
+other type (or an int of more digits than ``sys.get_int_max_str_digits()``)
+raises ``TypeError``; map it with ``cache_key_fn=``.
+"""
+
+from __future__ import annotations
+
+import math
+import reprlib
+import uuid
+from typing import Any, Dict, Hashable, List, Optional, Sequence
+
+__all__ = [
+    "SCHEME",
+    "check_namespace",
+    "check_prefix",
+    "check_version",
+    "namespace_base",
+    "redis_key",
+    "redis_keys",
+    "short_repr",
+]
+
+#: The version of the key scheme and of the value envelope.
+SCHEME = "2"
+
+_short = reprlib.Repr()
+_short.maxstring = _short.maxother = 80
+_short.maxlist = _short.maxtuple = _short.maxdict = _short.maxset = 10
+
+# An int this short is written in decimal under any int_max_str_digits (at
+# least 640 digits): a key needs no encoding to know it can be stored.
+SHORT_INT_BITS = 2000
+
+
+def short_repr(value: object) -> str:
+    """A repr short enough for an error message or a log record.
+
+    >>> short_repr("x" * 1000)[:12]
+    "'xxxxxxxxxxx"
+    """
+    try:
+        return _short.repr(value)
+    except ValueError:  # an int too long for repr(), or something holding one
+        if isinstance(value, int):
+            return f"<int of {value.bit_length()} bits>"
+        return f"<a {type(value).__name__}>"
+
+
+def check_namespace(namespace: object) -> str:
+    """Return *namespace* if it can name a namespace; raise otherwise.
+
+    >>> check_namespace("tenant:7:users")
+    'tenant:7:users'
+    """
+    if not isinstance(namespace, str):
+        raise TypeError(
+            f"namespace must be a str such as 'users' or 'tenant:42:users', but "
+            f"got {short_repr(namespace)}."
+        )
+    if not namespace or "{" in namespace or "}" in namespace:
+        raise ValueError(
+            f"namespace must be a non-empty str without braces (it becomes the "
+            f"Redis hash tag {{namespace}}), but got {namespace!r}."
+        )
+    return namespace
+
+
+def check_prefix(prefix: object) -> str:
+    """Return *prefix* if it can start every key; raise otherwise."""
+    if not isinstance(prefix, str):
+        raise TypeError(f"prefix must be a str such as 'lc', but got {prefix!r}.")
+    if not prefix or "{" in prefix or "}" in prefix:
+        raise ValueError(
+            f"prefix must be a non-empty str without braces, but got {prefix!r}."
+        )
+    return prefix
+
+
+def check_version(version: object) -> str:
+    """Return *version* if it can be a key segment; raise otherwise."""
+    if not isinstance(version, str):
+        raise TypeError(f"version must be a str such as '1', but got {version!r}.")
+    if not version or any(char in version for char in ":{}"):
+        raise ValueError(
+            "version must be a non-empty str without ':' or braces, such as "
+            f"'1' or '2024-05', but got {version!r}."
+        )
+    return version
+
+
+def namespace_base(prefix: str, version: str, namespace: str) -> bytes:
+    """The first bytes of every key of *namespace*, up to the encoded key.
+
+    >>> namespace_base("lc", "1", "users")
+    b'lc:2:v1:{users}:'
+    """
+    return f"{prefix}:{SCHEME}:v{version}:{{{namespace}}}:".encode(
+        "utf-8", "surrogatepass"
+    )
+
+
+def redis_keys(
+    base: bytes,
+    keys: Sequence[Hashable],
+    encoded: Optional[Dict[Hashable, bytes]] = None,
+) -> List[bytes]:
+    """The Redis keys of *keys* in the namespace whose keys start with *base*.
+
+    *encoded* holds keys encoded already (by a cache map's ``set``); they are
+    taken from it.  Raises ``TypeError`` for a key that cannot be stored.
+
+    >>> redis_keys(b"lc:2:v1:{users}:", [42, "ada", (1, "a")])
+    [b'lc:2:v1:{users}:i:42', b'lc:2:v1:{users}:s:ada', b'lc:2:v1:{users}:t:i1;s1:a']
+    """
+    # The encodings of str and int, the keys of nearly every loader, made
+    # here without a call per key; every other type goes through _segment.
+    str_base = base + b"s:"
+    int_base = base + b"i:"
+    rkeys: List[bytes] = []
+    append = rkeys.append
+    for key in keys:
+        cls = type(key)
+        if cls is str:
+            append(str_base + str.encode(key, "utf-8", "surrogatepass"))  # type: ignore[arg-type]
+        elif cls is int and key.bit_length() <= SHORT_INT_BITS:  # type: ignore[attr-defined]
+            append(int_base + b"%d" % key)  # type: ignore[str-format]
+        else:
+            rkey = encoded.pop(key, None) if encoded else None
+            append(rkey if rkey is not None else base + _segment(key))
+    return rkeys
+
+
+def redis_key(base: bytes, key: Hashable) -> bytes:
+    """The Redis key of one *key* (see :func:`redis_keys`).
+
+    >>> redis_key(b"lc:2:v1:{users}:", True)
+    b'lc:2:v1:{users}:i:1'
+    """
+    return redis_keys(base, (key,))[0]
+
+
+def can_skip_check(key: Any) -> bool:
+    """Whether *key* is a str or a short int, which can always be stored."""
+    cls = type(key)
+    return cls is str or (cls is int and key.bit_length() <= SHORT_INT_BITS)
+
+
+def _digits(value: int) -> bytes:
+    try:
+        return b"%d" % value
+    except ValueError:  # more digits than sys.get_int_max_str_digits() allows
+        raise _unencodable(
+            value, "it is an int too large to write in decimal"
+        ) from None
+
+
+def _float(value: float, int_tag: bytes, float_tag: bytes, end: bytes) -> bytes:
+    # 1.0 == 1 in Python, and so in the local dict: give them one Redis key.
+    if value.is_integer():
+        return int_tag + _digits(int(value)) + end
+    if math.isnan(value):
+        raise _unencodable(
+            value,
+            "NaN is not equal to itself, so every NaN is a different key to the "
+            "local dict, while Redis would give them one",
+        )
+    return float_tag + float.__repr__(value).encode("ascii") + end
+
+
+def _item(item: Any) -> bytes:
+    # A prefix-free code for an item of a tuple or frozenset, so that the
+    # concatenation of the items' codes decodes in exactly one way.
+    if item is None:
+        return b"n"
+    if isinstance(item, str):
+        data = str.encode(item, "utf-8", "surrogatepass")
+        return b"s%d:%s" % (len(data), data)
+    if isinstance(item, bytes):
+        return b"b%d:%s" % (len(item), item)
+    if isinstance(item, int):
+        return b"i" + _digits(item) + b";"
+    if isinstance(item, float):
+        return _float(item, b"i", b"f", b";")
+    if isinstance(item, tuple):
+        return b"t%d:" % len(item) + b"".join(map(_item, item))
+    if isinstance(item, frozenset):
+        return b"z%d:" % len(item) + b"".join(sorted(map(_item, item)))
+    if isinstance(item, uuid.UUID):
+        return b"u" + item.hex.encode("ascii")
+    raise _unencodable(item, f"it holds a {type(item).__name__}")
+
+
+def _segment(key: Any) -> bytes:
+    """The last segment of the Redis key of *key*; TypeError if there is none."""
+    try:
+        if isinstance(key, str):
+            return b"s:" + str.encode(key, "utf-8", "surrogatepass")
+        if isinstance(key, int):  # bool too: True == 1
+            return b"i:" + _digits(key)
+        if isinstance(key, bytes):
+            return b"b:" + key
+        if isinstance(key, float):
+            return _float(key, b"i:", b"f:", b"")
+        if isinstance(key, tuple):
+            return b"t:" + b"".join(map(_item, key))
+        if isinstance(key, frozenset):
+            return b"z:" + b"".join(sorted(map(_item, key)))
+        if isinstance(key, uuid.UUID):
+            return b"u:" + key.hex.encode("ascii")
+    except RecursionError:
+        raise _unencodable(key, "it is nested too deeply") from None
+    raise _unencodable(key, f"it is a {type(key).__name__}")
+
+
+def _unencodable(key: Any, why: str) -> TypeError:
+    return TypeError(
+        f"cache key {short_repr(key)} cannot be stored in Redis: {why}. "
+        "RedisCacheMap stores keys that are str, int, float (not NaN), bool, "
+        "bytes, uuid.UUID, or tuples and frozensets of those (None allowed "
+        "inside); pass cache_key_fn= to map the key to one, e.g. "
+        "cache_key_fn=lambda key: (key.tenant_id, key.id)."
+    )

@@ -1,0 +1,1059 @@
+"""The per-process side of the Redis cache: :class:`RedisStore`.
+
+One store per process holds the connection (a
+:class:`~loadercache.backends.redis.link.Link`, or a redis-py client behind a
+:class:`~loadercache.backends.redis.client_link.ClientLink`), the
+serializer and its envelope, the TTLs, the health of the server and the
+counters, and the state of every namespace in use.  Cache maps reach it
+through a :class:`Tier`, the store's view of one namespace: ``read`` and
+``write`` for a batch, ``prime``, ``invalidate`` and ``invalidate_all`` for
+the loader's ``prime``, ``clear`` and ``clear_all``.
+
+Reads are one ``MGET`` per batch (the namespace's generation key first, then
+the batch's keys), sent by the batch's own task.  Writes are collected from
+every namespace and sent in one round trip per event-loop turn, from a
+callback: the fresh values of the batches that loaded them, and the
+operations (deletes, primes, new generations) Redis has not confirmed yet.
+A failed read is a batch of misses; a failed write drops its fresh values
+(Redis simply lacks them) and keeps its operations, which are sent again by
+themselves when Redis answers (see :mod:`loadercache.backends.redis.namespace`
+for why a read never waits for them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import random
+import time
+import weakref
+from collections import OrderedDict
+from dataclasses import asdict
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    Hashable,
+    List,
+    MutableMapping,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+    Union,
+)
+
+from loadercache.backends.redis.client_link import ClientLink
+from loadercache.backends.redis.envelope import Envelope, Mismatch, Opened, new_token
+from loadercache.backends.redis.health import Health, RateLimitedLog
+from loadercache.backends.redis.keys import (
+    check_namespace,
+    check_prefix,
+    check_version,
+    namespace_base,
+    redis_key,
+    redis_keys,
+    short_repr,
+)
+from loadercache.backends.redis.link import Link, RoundTripError, Unusable, parse_url
+from loadercache.backends.redis.namespace import (
+    DELETE,
+    UNKNOWN,
+    Namespace,
+    Operation,
+    Reading,
+)
+from loadercache.backends.redis.resp import TOO_LARGE, ReplyError
+from loadercache.backends.redis.stats import StoreStats
+from loadercache.backends.serializers import MsgpackSerializer, Serializer
+from loadercache.cache import MISS, CacheMap, RemoteTierError
+from loadercache.tracing import redis_span, start_redis_span
+
+if TYPE_CHECKING:
+    from loadercache.backends.redis.cache_map import RedisCacheMap
+
+__all__ = ["RedisStore", "Tier"]
+
+logger = logging.getLogger("loadercache")
+
+# Namespaces whose state (the known generation) outlives their cache maps.
+_RECENT_NAMESPACES = 1024
+# Serializer failures are warned about once per type, for this many types.
+_WARNED_TYPES = 1000
+# A write round trip that failed is tried again after at least this long
+# (longer while a breaker is open: until its trial).
+_RETRY_DELAY = 0.1
+# Unconfirmed operations across all namespaces before the largest
+# namespace's deletes are replaced by a new generation.
+_MAX_PENDING = 10_000
+
+
+def _seconds(
+    name: str, value: object, *, none: bool = False, zero: bool = False
+) -> Optional[float]:
+    """*value* as seconds: a number, positive (or zero), or None if allowed.
+
+    One rule for every option: the wrong type is a TypeError, a number out of
+    range a ValueError.
+    """
+    if value is None and none:
+        return None
+    expected = "a non-negative number" if zero else "a positive number"
+    if none:
+        expected += " or None"
+    message = f"{name} must be {expected} of seconds, but got {value!r}."
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(message)
+    if value != value or value < 0 or (value == 0 and not zero):
+        raise ValueError(message)
+    return float(value)
+
+
+def _count(
+    name: str, value: object, *, least: int, none: bool = False
+) -> Optional[int]:
+    if value is None and none:
+        return None
+    message = f"{name} must be an int of at least {least}, but got {value!r}."
+    if none:
+        message = message[:-1] + " (or None for no limit)."
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(message)
+    if value < least:
+        raise ValueError(message)
+    return value
+
+
+def _fraction(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, but got {value!r}.")
+    if not 0 <= value < 1:
+        raise ValueError(
+            f"{name} must be a fraction from 0 to less than 1 (0.1 shortens each "
+            f"TTL by up to 10 %), but got {value!r}."
+        )
+    return float(value)
+
+
+def _serializer(value: object) -> Serializer:
+    if value is None:
+        return MsgpackSerializer()
+    if callable(getattr(value, "dumps", None)) and callable(
+        getattr(value, "loads", None)
+    ):
+        return value  # type: ignore[return-value]
+    raise TypeError(
+        "serializer must have dumps(value) -> bytes and loads(bytes) -> value "
+        f"methods, but got {short_repr(value)}."
+    )
+
+
+def _secret(value: object) -> Optional[bytes]:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = value.encode("utf-8")
+    if not isinstance(value, bytes):
+        raise TypeError(f"secret must be bytes or a str, but got {short_repr(value)}.")
+    if len(value) < 16:
+        raise ValueError(
+            f"secret must be at least 16 bytes (a random one: os.urandom(32)), but "
+            f"it has {len(value)}."
+        )
+    return value
+
+
+class RedisStore:
+    """The per-process side of the Redis cache: connection, settings, health, stats.
+
+    Create one per process (at start-up, e.g. in an ASGI lifespan) and make a
+    cache map per loader, per request, with :meth:`cache_map`:
+
+    >>> store = RedisStore("redis://localhost:6379/0", ttl=600)
+    >>> users = DataLoader(fetch_users, cache_map=store.cache_map("users"))
+    >>> await store.aclose()  # at shutdown: sends pending writes, closes
+
+    Arguments:
+
+    * ``client_or_url``: a ``redis://``, ``rediss://`` (TLS) or ``unix://``
+      URL, to which the store opens one connection of its own (no redis-py
+      needed); or a ``redis.asyncio.Redis`` or ``RedisCluster`` client
+      (redis-py 8.1 or newer, ``decode_responses=False``; closing it stays
+      your job), whose connections it borrows one pipeline at a time.
+    * ``prefix`` (default ``"lc"``) and ``version`` (default ``"1"``): the
+      first segments of every key; bump ``version`` when cached values change
+      shape.
+    * ``serializer``: an object with ``dumps``/``loads`` (default:
+      :class:`~loadercache.backends.serializers.MsgpackSerializer`).
+    * ``ttl`` (default 3600 s; ``None``: no expiry), ``negative_ttl``: the TTL
+      of ``None`` values (default: ``ttl``; 0 caches ``None`` only locally),
+      ``ttl_jitter`` (default 0): a fraction; each TTL is shortened by a
+      random part of it (0.1: 90 % to 100 % of the TTL), so values written
+      together do not expire together.
+    * ``wait_for_writes`` (default False): True makes each batch wait for its
+      write-back before its loads settle, so other processes can read the
+      values once a load returns.  By default writes run in the background;
+      :meth:`flush` awaits them.
+    * ``timeout`` (default 0.25 s): how long Redis may send nothing before a
+      round trip fails (time the event loop spends elsewhere does not count);
+      ``connect_timeout`` (default: ``timeout``) bounds opening a connection.
+      ``None`` waits forever.
+    * ``breaker_threshold`` (default 5) consecutive failures open a breaker
+      (one for reads, one for writes) for ``breaker_cooldown`` seconds
+      (default 10); ``timer`` (default ``time.monotonic``) is its clock.
+    * ``max_value_bytes`` (default 1 MiB; ``None``: no limit): larger values
+      are neither written nor read.
+    * ``secret``: bytes (16 or more); every value is then signed (HMAC), and
+      a value without a valid signature (written by anyone who lacks the
+      secret) is a miss.
+    * ``ssl``: an ``ssl.SSLContext`` for a ``rediss://`` URL (default: the
+      system's trusted certificates); ``client_name`` (default
+      ``"loadercache"``): the name the connection gives itself
+      (``CLIENT LIST``).
+    """
+
+    def __init__(
+        self,
+        client_or_url: Union[str, Any],
+        *,
+        prefix: str = "lc",
+        version: str = "1",
+        serializer: Optional[Serializer] = None,
+        ttl: Optional[float] = 3600.0,
+        negative_ttl: Optional[float] = None,
+        ttl_jitter: float = 0.0,
+        wait_for_writes: bool = False,
+        timeout: Optional[float] = 0.25,
+        connect_timeout: Optional[float] = None,
+        breaker_threshold: int = 5,
+        breaker_cooldown: float = 10.0,
+        max_value_bytes: Optional[int] = 1 << 20,
+        secret: Union[bytes, str, None] = None,
+        ssl: Any = None,
+        client_name: Optional[str] = "loadercache",
+        timer: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.prefix = check_prefix(prefix)
+        self.version = check_version(version)
+        self.serializer: Serializer = _serializer(serializer)
+        self.ttl = _seconds("ttl", ttl, none=True)
+        self.negative_ttl = _seconds("negative_ttl", negative_ttl, none=True, zero=True)
+        self.ttl_jitter = _fraction("ttl_jitter", ttl_jitter)
+        self.wait_for_writes = bool(wait_for_writes)
+        self.timeout = _seconds("timeout", timeout, none=True)
+        connect_timeout = _seconds("connect_timeout", connect_timeout, none=True)
+        self.max_value_bytes = _count(
+            "max_value_bytes", max_value_bytes, least=64, none=True
+        )
+        threshold = _count("breaker_threshold", breaker_threshold, least=1)
+        cooldown = _seconds("breaker_cooldown", breaker_cooldown, zero=True)
+        self._envelope = Envelope(
+            self.serializer, secret=_secret(secret), max_bytes=self.max_value_bytes
+        )
+        self._link: Union[Link, ClientLink] = self._make_link(
+            client_or_url, connect_timeout, ssl, client_name
+        )
+        self._owns_client = isinstance(client_or_url, str)
+        longest = max(self.ttl or 0.0, self.negative_ttl or 0.0)
+        # The generation outlives every value written under it.
+        self._gen_px: Optional[int] = None if self.ttl is None else int(2000 * longest)
+        self._stats = StoreStats()
+        self._health = Health(
+            repr(self), threshold=threshold or 1, cooldown=cooldown or 0.0, timer=timer
+        )
+        self._decode_log = RateLimitedLog(interval=60.0, timer=timer)
+        self._size_log = RateLimitedLog(interval=60.0, timer=timer)
+        self._warned_types: Set[type] = set()
+        # Every namespace a live cache map uses; the most recent ones also
+        # after their maps are gone, so the next request still knows the
+        # generation; and those with operations Redis has not confirmed.
+        self._namespaces: weakref.WeakValueDictionary[str, Namespace] = (
+            weakref.WeakValueDictionary()
+        )
+        self._recent: OrderedDict[str, Namespace] = OrderedDict()
+        self._dirty: Dict[str, Namespace] = {}
+        # Fresh values waiting for the next write round trip.
+        self._fresh: List[_Fresh] = []
+        # Completed when the next write round trip is answered (for
+        # wait_for_writes), and the write round trips in flight.
+        self._carrier: Optional[asyncio.Future[None]] = None
+        self._inflight: Set[asyncio.Future[Any]] = set()
+        self._trips = 0
+        self._send_handle: Optional[asyncio.Handle] = None
+        self._retry_handle: Optional[asyncio.TimerHandle] = None
+        self._last_trip_failed = False
+
+    def _make_link(
+        self,
+        client_or_url: Any,
+        connect_timeout: Optional[float],
+        ssl: Any,
+        client_name: Optional[str],
+    ) -> Union[Link, ClientLink]:
+        if isinstance(client_or_url, str):
+            return Link(
+                parse_url(client_or_url, ssl),
+                timeout=self.timeout,
+                connect_timeout=connect_timeout,
+                # A value past the limit is skipped as it arrives, unread.
+                max_bulk=self._envelope.max_reply,
+                client_name=client_name,
+            )
+        if not callable(getattr(client_or_url, "pipeline", None)):
+            raise TypeError(
+                "RedisStore needs a redis:// URL, or a redis.asyncio.Redis or "
+                f"RedisCluster client, but got {short_repr(client_or_url)}."
+            )
+        get_encoder = getattr(client_or_url, "get_encoder", None)
+        if get_encoder is not None and get_encoder().decode_responses:
+            raise ValueError(
+                "RedisStore stores bytes, but the client was created with "
+                "decode_responses=True; pass a client created with "
+                "decode_responses=False (the default)."
+            )
+        if connect_timeout is not None or ssl is not None:
+            raise TypeError(
+                "connect_timeout and ssl apply when RedisStore connects from a URL; "
+                "configure the client you pass instead."
+            )
+        return ClientLink(client_or_url, timeout=self.timeout)
+
+    def __repr__(self) -> str:
+        return f"<RedisStore prefix={self.prefix!r} version={self.version!r}>"
+
+    async def __aenter__(self) -> RedisStore:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    @property
+    def stats(self) -> StoreStats:
+        """A snapshot of the store's counters (see :class:`StoreStats`).
+
+        >>> store.stats.breaker_state
+        'closed'
+        """
+        snapshot = StoreStats(**asdict(self._stats))
+        health = self._health
+        snapshot.breaker_state = health.reads.state
+        snapshot.write_breaker_state = health.writes.state
+        snapshot.breaker_opens = health.reads.opens + health.writes.opens
+        snapshot.pending_operations = sum(
+            namespace.pending_count() for namespace in self._dirty.values()
+        )
+        snapshot.connects = self._link.connects
+        return snapshot
+
+    def cache_map(
+        self,
+        namespace: str,
+        *,
+        local: Union[CacheMap[Any, Any], MutableMapping[Any, Any], None] = None,
+    ) -> RedisCacheMap:
+        """A new cache map of *namespace* for one loader (no I/O; make one per request).
+
+        >>> loader = DataLoader(fetch_users, cache_map=store.cache_map(
+        ...     f"tenant:{tenant_id}:users", local=LRUCacheMap(maxsize=1000)))
+        """
+        from loadercache.backends.redis.cache_map import RedisCacheMap
+
+        return RedisCacheMap(self, namespace, local=local)
+
+    def redis_key(self, namespace: str, key: Hashable) -> bytes:
+        """The Redis key that holds *key* of *namespace* (for inspection and ops).
+
+        >>> RedisStore("redis://localhost").redis_key("users", 42)
+        b'lc:2:v1:{users}:i:42'
+        """
+        return redis_key(self._tier(namespace).namespace.base, key)
+
+    async def flush(self) -> None:
+        """Wait until every pending write, delete, prime and clear_all is sent.
+
+        Call it in tests, and at shutdown (:meth:`aclose` does).  It returns
+        once Redis has confirmed them, or once a round trip carrying them has
+        failed: operations that failed are kept and sent again when Redis
+        answers (values are dropped); ``flush`` never raises because Redis is
+        down.
+
+        >>> users.prime(1, ada)
+        >>> await store.flush()  # now every process reads ada
+        """
+        loop = asyncio.get_running_loop()
+        # Bounded: each pass sends what is pending and waits for every round
+        # trip in flight; only a generation learned by one (for primes)
+        # leaves more to send.
+        for _ in range(4):
+            self._send()
+            inflight = [f for f in self._inflight if f.get_loop() is loop]
+            if not inflight:
+                return
+            await asyncio.gather(*inflight, return_exceptions=True)
+            if self._last_trip_failed:
+                return
+
+    async def aclose(self) -> None:
+        """Flush pending writes, then close the connection the store opened.
+
+        A client you passed stays open.
+
+        >>> await store.aclose()
+        """
+        await self.flush()
+        for handle in (self._send_handle, self._retry_handle):
+            if handle is not None:
+                handle.cancel()
+        await self._link.aclose()
+
+    # -- namespaces --------------------------------------------------------
+
+    def _tier(self, name: str) -> Tier:
+        """The store's view of namespace *name*, for a cache map."""
+        namespace = self._namespaces.get(name)
+        if namespace is None:
+            check_namespace(name)
+            namespace = Namespace(name, namespace_base(self.prefix, self.version, name))
+            self._namespaces[name] = namespace
+        recent = self._recent
+        recent[name] = namespace
+        recent.move_to_end(name)
+        if len(recent) > _RECENT_NAMESPACES:
+            recent.popitem(last=False)
+        return Tier(self, namespace)
+
+    def _pending(self) -> bool:
+        return any(namespace.has_pending() for namespace in self._dirty.values())
+
+    def _dirtied(self, namespace: Namespace) -> None:
+        self._dirty[namespace.name] = namespace
+        if sum(n.pending_count() for n in self._dirty.values()) > _MAX_PENDING:
+            # Replace the deletes of the namespace holding most with one new
+            # generation: bounded memory, and nothing stale is ever served.
+            largest = max(self._dirty.values(), key=Namespace.pending_count)
+            largest.clear_all(keep_primes=True)
+            self._stats.generation_overflows += 1
+        self._schedule_send()
+
+    # -- the payload of a value ----------------------------------------------
+
+    def _payload(self, value: Any) -> Optional[Tuple[bytes, Optional[int]]]:
+        """The serialized *value* and its expiry (ms), or None not to write it."""
+        ttl = self.ttl
+        if value is None and self.negative_ttl is not None:
+            ttl = self.negative_ttl
+            if ttl == 0:
+                return None
+        try:
+            payload = self.serializer.dumps(value)
+        except Exception as error:
+            self._stats.serialization_skips += 1
+            value_type = getattr(error, "value_type", type(value))
+            if (
+                value_type not in self._warned_types
+                and len(self._warned_types) < _WARNED_TYPES
+            ):
+                self._warned_types.add(value_type)
+                logger.warning(
+                    "%r: a value of type %s is returned but not cached in "
+                    "Redis: %s (logged once per type)",
+                    self,
+                    getattr(value_type, "__qualname__", value_type),
+                    error,
+                )
+            return None
+        limit = self.max_value_bytes
+        if limit is not None and len(payload) + self._envelope.overhead > limit:
+            self._stats.serialization_skips += 1
+            self._size_log.warn(
+                "%r: a value of %d bytes is returned but not cached in Redis: it "
+                "exceeds max_value_bytes=%d",
+                self,
+                len(payload) + self._envelope.overhead,
+                limit,
+            )
+            return None
+        if ttl is None:
+            return payload, None
+        if self.ttl_jitter:
+            ttl *= 1.0 - self.ttl_jitter * random.random()
+        return payload, max(1, int(ttl * 1000))
+
+    def _decode_errors(self, namespace: Namespace, opened: Opened) -> None:
+        errors = opened.errors
+        if errors:
+            self._stats.decode_errors += errors
+            self._decode_log.warn(
+                "%r: %d values read in namespace %r could not be decoded "
+                "(%d corrupt or of another format, %d too large, %d with a bad "
+                "signature); they are loaded anew and overwritten.",
+                self,
+                errors,
+                namespace.name,
+                opened.corrupt,
+                opened.too_large,
+                opened.forged,
+            )
+
+    # -- the write round trip ------------------------------------------------
+
+    def _schedule_send(self) -> None:
+        if self._send_handle is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no event loop (a clear() at import): the next flush sends
+        self._send_handle = loop.call_soon(self._send)
+
+    def _schedule_retry(self) -> None:
+        if self._retry_handle is not None or not self._pending():
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        delay = max(_RETRY_DELAY, self._health.writes.retry_in())
+        self._retry_handle = loop.call_later(delay, self._retry)
+
+    def _retry(self) -> None:
+        self._retry_handle = None
+        self._send()
+
+    def _carrier_future(self) -> asyncio.Future[None]:
+        """Completed when the round trip carrying what is queued now is answered."""
+        if self._carrier is None:
+            self._carrier = asyncio.get_running_loop().create_future()
+        return self._carrier
+
+    def _send(self) -> None:
+        """One write round trip with everything queued and not yet sent."""
+        if self._send_handle is not None:
+            self._send_handle.cancel()  # flush() sends now, not next turn
+            self._send_handle = None
+        fresh, self._fresh = self._fresh, []
+        carrier, self._carrier = self._carrier, None
+        if not fresh and not self._pending():
+            _complete(carrier)
+            return
+        ticket = self._health.writes.allow()
+        if ticket is None:
+            self._stats.skipped += 1
+            self._last_trip_failed = True
+            _complete(carrier)
+            self._schedule_retry()
+            return
+        self._trips += 1
+        trip = _Trip(self._trips, ticket, carrier)
+        by_namespace: Dict[str, List[_Fresh]] = {}
+        for entry in fresh:
+            by_namespace.setdefault(entry.namespace.name, []).append(entry)
+        names = [*self._dirty, *(n for n in by_namespace if n not in self._dirty)]
+        for name in names:
+            namespace = self._dirty.get(name) or by_namespace[name][0].namespace
+            self._plan(trip, namespace, by_namespace.get(name, ()))
+        if not trip.commands:
+            self._health.writes.abandoned(ticket)
+            _complete(carrier)
+            return
+        span = start_redis_span("set_many", trip.keys)
+        future = self._link.request(trip.commands, functools.partial(_check, trip))
+        self._inflight.add(future)
+        future.add_done_callback(functools.partial(self._written, trip, span))
+
+    def _plan(self, trip: _Trip, namespace: Namespace, fresh: Sequence[_Fresh]) -> None:
+        """Add *namespace*'s commands to *trip*, and where their replies will be.
+
+        In order: a new generation (clear_all), a read of the generation (for
+        primes in a namespace this process has not read), the creation of a
+        generation (for values of a namespace Redis had none of), the deletes,
+        the primes, the fresh values, and the generation's new expiry.
+        """
+        commands = trip.commands
+        gen_key = namespace.gen_key
+        gen_px = self._gen_px
+        envelope = self._envelope
+        part = _Part(namespace, len(commands), namespace.seq)
+        trip.parts.append(part)
+        if namespace.new_gen is not None and namespace.new_gen_sent is None:
+            namespace.new_gen_sent = trip.number
+            part.new_gen = len(commands)
+            value = envelope.generation(gen_key, namespace.new_gen)
+            commands.append(_set(gen_key, value, gen_px))
+        tag = namespace.prime_tag()
+        if (
+            tag is UNKNOWN
+            and namespace.learning is None
+            and namespace.has_unsent_primes()
+        ):
+            namespace.learning = trip.number
+            part.learn = len(commands)
+            commands.append((b"GET", gen_key))
+        part.taken = namespace.take(trip.number, primes=tag is not UNKNOWN)
+        primes = [(rkey, op) for rkey, op in part.taken if op.kind != DELETE]
+        tags = [namespace.tag_for(entry.reading) for entry in fresh]
+        if (primes and tag is None) or None in tags:
+            part.creating = new_token()
+            part.create = len(commands)
+            value = envelope.generation(gen_key, part.creating)
+            commands.append((b"SET", gen_key, value, b"NX", *_px(gen_px)))
+        deletes = [rkey for rkey, op in part.taken if op.kind == DELETE]
+        if deletes:
+            part.deletes = len(commands)
+            commands.append((b"DEL", *deletes))
+        prime_tag = tag if isinstance(tag, bytes) else part.creating
+        for rkey, op in primes:
+            assert prime_tag is not None and op.payload is not None
+            part.primes.append(len(commands))
+            commands.append(
+                _set(rkey, envelope.seal(prime_tag, rkey, op.payload), op.px)
+            )
+        for entry, entry_tag in zip(fresh, tags):
+            token = entry_tag or part.creating
+            assert token is not None
+            part.fresh.append(len(commands))
+            commands.append(
+                _set(
+                    entry.rkey,
+                    envelope.seal(token, entry.rkey, entry.payload),
+                    entry.px,
+                )
+            )
+        if (primes or fresh) and gen_px is not None:
+            commands.append((b"PEXPIRE", gen_key, gen_px))
+        part.end = len(commands)
+        trip.stores = trip.stores or bool(
+            primes or fresh or part.new_gen is not None or part.create is not None
+        )
+        trip.keys += len(deletes) + len(primes) + len(fresh)
+
+    def _written(
+        self, trip: _Trip, span: Any, future: asyncio.Future[List[Any]]
+    ) -> None:
+        """The answer to a write round trip: confirm, or keep for another."""
+        self._inflight.discard(future)
+        span.end()
+        health = self._health
+        stats = self._stats
+        if future.cancelled():
+            health.abandoned(health.writes, trip.ticket)
+            self._returned(trip)
+            _complete(trip.carrier)
+            return
+        error = future.exception()
+        if error is not None:
+            stats.errors += 1
+            if isinstance(error, RoundTripError):
+                stats.timeouts += error.reason == "timeout"
+                stats.unusable_replies += error.reason == "unusable"
+            health.failed(health.writes, trip.ticket, error)
+            self._returned(trip)
+            self._last_trip_failed = True
+            _complete(trip.carrier)
+            self._schedule_retry()
+            return
+        replies = future.result()
+        refused: Optional[ReplyError] = None
+        for part in trip.parts:
+            refused = self._settle(trip, part, replies) or refused
+        if refused is not None:
+            stats.write_errors += 1
+            health.failed(health.writes, trip.ticket, refused)
+            self._last_trip_failed = True
+            self._schedule_retry()
+        else:
+            stats.writes += 1
+            if trip.stores:
+                health.succeeded(health.writes, trip.ticket)
+            else:
+                # Deletes and reads only: a server out of memory takes those,
+                # so they prove nothing about writing values.
+                health.abandoned(health.writes, trip.ticket)
+            self._last_trip_failed = False
+            if self._pending():
+                self._schedule_send()  # primes whose generation was just learned
+        _complete(trip.carrier)
+
+    def _settle(
+        self, trip: _Trip, part: _Part, replies: List[Any]
+    ) -> Optional[ReplyError]:
+        """Apply the replies to *part*; the first command Redis refused, if any."""
+        namespace = part.namespace
+        stats = self._stats
+        refused = next(
+            (r for r in replies[part.start : part.end] if isinstance(r, ReplyError)),
+            None,
+        )
+        if part.new_gen is not None:
+            if isinstance(replies[part.new_gen], ReplyError):
+                namespace.gen_returned(trip.number)
+            else:
+                namespace.gen_confirmed(trip.number)
+        if part.learn is not None:
+            namespace.learning = None
+            if not isinstance(replies[part.learn], ReplyError):
+                token, _ = self._envelope.open_generation(
+                    namespace.gen_key, replies[part.learn]
+                )
+                if namespace.new_gen is None:
+                    namespace.gen = token
+        created = True
+        if part.create is not None:
+            reply = replies[part.create]
+            created = _is_ok(reply)
+            if created and part.creating is not None:
+                namespace.created_gen(part.creating, part.seq)
+            elif not isinstance(reply, ReplyError) and namespace.new_gen is None:
+                # Another process made one meanwhile: what was written under
+                # ours is a miss to everybody.  Learn it before priming again.
+                namespace.gen = UNKNOWN
+        confirmed: List[Tuple[bytes, Operation]] = []
+        returned: List[Tuple[bytes, Operation]] = []
+        deletes = [pair for pair in part.taken if pair[1].kind == DELETE]
+        if part.deletes is not None:
+            if isinstance(replies[part.deletes], ReplyError):
+                returned += deletes
+            else:
+                confirmed += deletes
+                stats.deleted_keys += len(deletes)
+        primes = [pair for pair in part.taken if pair[1].kind != DELETE]
+        for position, pair in zip(part.primes, primes):
+            if created and not isinstance(replies[position], ReplyError):
+                confirmed.append(pair)
+                stats.written_keys += 1
+            else:
+                returned.append(pair)
+        stats.written_keys += sum(
+            not isinstance(replies[position], ReplyError) for position in part.fresh
+        )
+        namespace.confirmed(confirmed)
+        namespace.returned(returned)
+        if not namespace.has_unconfirmed():
+            self._dirty.pop(namespace.name, None)
+        return refused
+
+    def _returned(self, trip: _Trip) -> None:
+        for part in trip.parts:
+            namespace = part.namespace
+            namespace.returned(part.taken)
+            namespace.gen_returned(trip.number)
+            if part.learn is not None:
+                namespace.learning = None
+
+
+class _Fresh:
+    """A freshly loaded value on its way to Redis."""
+
+    __slots__ = ("namespace", "payload", "px", "reading", "rkey")
+
+    def __init__(
+        self,
+        namespace: Namespace,
+        reading: Reading,
+        rkey: bytes,
+        payload: bytes,
+        px: Optional[int],
+    ) -> None:
+        self.namespace = namespace
+        self.reading = reading
+        self.rkey = rkey
+        self.payload = payload
+        self.px = px
+
+
+class _Part:
+    """Where one namespace's commands sit in a write round trip (see _plan)."""
+
+    __slots__ = (
+        "create",
+        "creating",
+        "deletes",
+        "end",
+        "fresh",
+        "learn",
+        "namespace",
+        "new_gen",
+        "primes",
+        "seq",
+        "start",
+        "taken",
+    )
+
+    def __init__(self, namespace: Namespace, start: int, seq: int) -> None:
+        self.namespace = namespace
+        self.start = start
+        self.end = start
+        # Reads of the namespace sent before this round trip.
+        self.seq = seq
+        # Positions of the commands (None: not in this round trip).
+        self.new_gen: Optional[int] = None
+        self.learn: Optional[int] = None
+        self.create: Optional[int] = None
+        self.deletes: Optional[int] = None
+        self.primes: List[int] = []
+        self.fresh: List[int] = []
+        # The token a SET NX creates, and the operations taken.
+        self.creating: Optional[bytes] = None
+        self.taken: List[Tuple[bytes, Operation]] = []
+
+
+class _Trip:
+    """One write round trip: its commands, and each namespace's part of them."""
+
+    __slots__ = ("carrier", "commands", "keys", "number", "parts", "stores", "ticket")
+
+    def __init__(
+        self, number: int, ticket: int, carrier: Optional[asyncio.Future[None]]
+    ) -> None:
+        self.number = number
+        self.ticket = ticket
+        self.carrier = carrier
+        self.commands: List[Tuple[Any, ...]] = []
+        self.parts: List[_Part] = []
+        self.keys = 0
+        # Whether it stores anything (a value, a prime or a generation).
+        self.stores = False
+
+
+def _px(px: Optional[int]) -> Tuple[Any, ...]:
+    return () if px is None else (b"PX", px)
+
+
+def _set(rkey: bytes, value: bytes, px: Optional[int]) -> Tuple[Any, ...]:
+    return (b"SET", rkey, value, *_px(px))
+
+
+def _is_ok(reply: Any) -> bool:
+    # Our connection parses +OK as "OK"; redis-py's callbacks make it True.
+    return reply == "OK" or reply is True or reply == b"OK"
+
+
+def _is_int(reply: Any) -> bool:
+    return isinstance(reply, int)
+
+
+def _check(trip: _Trip, replies: List[Any]) -> List[Any]:
+    """The replies to a write round trip, if they can be its answers."""
+    if len(replies) != len(trip.commands):
+        raise Unusable(f"{len(replies)} replies to {len(trip.commands)} commands")
+    for part in trip.parts:
+        for position in range(part.start, part.end):
+            reply = replies[position]
+            if isinstance(reply, ReplyError):
+                continue
+            name = trip.commands[position][0]
+            if name == b"SET":
+                nx = position == part.create
+                if not (_is_ok(reply) or (nx and reply in (None, False))):
+                    raise Unusable(f"SET answered {short_repr(reply)}")
+            elif name in (b"DEL", b"PEXPIRE"):
+                if not _is_int(reply):
+                    raise Unusable(f"{name.decode()} answered {short_repr(reply)}")
+            elif name == b"GET" and reply is not None and type(reply) is not bytes:
+                raise Unusable(f"GET answered {short_repr(reply)}")
+    return replies
+
+
+def _complete(future: Optional[asyncio.Future[None]]) -> None:
+    if future is not None and not future.done():
+        future.set_result(None)
+
+
+class Tier:
+    """The store's view of one namespace: what a :class:`RedisCacheMap` calls.
+
+    Cheap to make (a cache map makes one per request); the state it works on
+    is the namespace's, shared by the whole process.
+    """
+
+    __slots__ = ("namespace", "store")
+
+    def __init__(self, store: RedisStore, namespace: Namespace) -> None:
+        self.store = store
+        self.namespace = namespace
+
+    @property
+    def base(self) -> bytes:
+        """The bytes every Redis key of this namespace starts with."""
+        return self.namespace.base
+
+    async def read(
+        self, keys: Sequence[Hashable], encoded: Optional[Dict[Hashable, bytes]]
+    ) -> List[Any]:
+        """One round trip: the stored value of each key, or MISS.
+
+        Raises :class:`~loadercache.RemoteTierError` when Redis fails (the
+        failure is logged once per outage, by the store's health).
+        """
+        store = self.store
+        namespace = self.namespace
+        stats = store._stats
+        count = len(keys)
+        stats.read_keys += count
+        rkeys = redis_keys(namespace.base, keys, encoded)
+        if namespace.new_gen is not None:
+            # A clear_all Redis has not confirmed: nothing stored is current.
+            stats.misses += count
+            self._remember(namespace.new_gen, keys, rkeys, 0)
+            return [MISS] * count
+        health = store._health
+        ticket = health.reads.allow()
+        if ticket is None:
+            stats.skipped += 1
+            stats.misses += count
+            return [MISS] * count
+        seq = namespace.read_sent()
+        opened = Opened()
+        parse = functools.partial(
+            _parse_read, store._envelope, namespace, rkeys, opened
+        )
+        try:
+            with redis_span("get_many", count):
+                gen, values = await store._link.request(
+                    [(b"MGET", namespace.gen_key, *rkeys)], parse
+                )
+        except Exception as error:
+            stats.errors += 1
+            stats.misses += count
+            if isinstance(error, RoundTripError):
+                stats.timeouts += error.reason == "timeout"
+                stats.unusable_replies += error.reason == "unusable"
+            health.failed(health.reads, ticket, error)
+            raise RemoteTierError(f"Redis read failed: {error}") from error
+        except BaseException:
+            health.abandoned(health.reads, ticket)
+            raise
+        health.succeeded(health.reads, ticket)
+        stats.reads += 1
+        store._decode_errors(namespace, opened)
+        namespace.read_answered(seq, gen)
+        missed = [i for i, value in enumerate(values) if value is MISS]
+        stats.hits += count - len(missed)
+        stats.misses += len(missed)
+        if missed:
+            self._remember(
+                gen, [keys[i] for i in missed], [rkeys[i] for i in missed], seq
+            )
+        if store._dirty:
+            # Redis answers: whatever it owes, send now.
+            store._schedule_send()
+        return values
+
+    def _remember(
+        self,
+        gen: Optional[bytes],
+        keys: Sequence[Hashable],
+        rkeys: Sequence[bytes],
+        seq: int,
+    ) -> None:
+        # The generation and keys the batch may write back; forgotten when
+        # its task ends, whatever happens to it.
+        task = asyncio.current_task()
+        readings = self.namespace.readings
+        readings[task] = Reading(gen, dict(zip(keys, rkeys)), seq)
+        if task is not None:
+            task.add_done_callback(functools.partial(_forget_reading, readings))
+
+    async def write(
+        self, items: Sequence[Tuple[Hashable, Any]], encoded: Dict[Hashable, bytes]
+    ) -> None:
+        """Queue the freshly loaded *items* of the batch that read them.
+
+        Sent with this turn's other writes; awaited only with
+        ``wait_for_writes=True``.  Never raises.
+        """
+        namespace = self.namespace
+        reading = namespace.readings.pop(asyncio.current_task(), None)
+        if reading is None or reading.cleared_all:
+            # Nothing was read (Redis failed or was skipped), or the namespace
+            # was cleared since: these values may predate the clear.
+            return
+        store = self.store
+        queued = False
+        for cache_key, value in items:
+            rkey = reading.keys.get(cache_key)
+            if rkey is None:
+                rkey = encoded.pop(cache_key, None) or redis_key(
+                    namespace.base, cache_key
+                )
+            if rkey in reading.cleared:
+                continue
+            entry = store._payload(value)
+            if entry is not None:
+                store._fresh.append(_Fresh(namespace, reading, rkey, *entry))
+                queued = True
+        if not queued:
+            return
+        store._schedule_send()
+        if store.wait_for_writes:
+            await asyncio.shield(store._carrier_future())
+
+    def prime(self, rkey: bytes, value: Any) -> None:
+        """Store *value* at *rkey* for every process (in the background)."""
+        entry = self.store._payload(value)
+        if entry is None:
+            # It cannot be stored: at least what Redis holds must go.
+            self.namespace.invalidate(rkey)
+        else:
+            self.namespace.prime(rkey, *entry)
+        self.store._dirtied(self.namespace)
+
+    def invalidate(self, rkey: bytes) -> None:
+        """Delete *rkey* for every process (in the background)."""
+        self.namespace.invalidate(rkey)
+        self.store._dirtied(self.namespace)
+
+    def invalidate_all(self) -> None:
+        """Forget every value of the namespace for every process (O(1))."""
+        self.namespace.clear_all()
+        self.store._dirtied(self.namespace)
+
+
+def _forget_reading(
+    readings: Dict[Optional[asyncio.Task[Any]], Reading], task: asyncio.Task[Any]
+) -> None:
+    readings.pop(task, None)
+
+
+def _parse_read(
+    envelope: Envelope,
+    namespace: Namespace,
+    rkeys: List[bytes],
+    opened: Opened,
+    replies: List[Any],
+) -> Tuple[Optional[bytes], List[Any]]:
+    """The values of a read's ``MGET``, if the reply can be its answer.
+
+    Runs as the reply is parsed, so operations made while the read was in
+    flight are applied to its answer: a key cleared since is a miss.
+    """
+    (raws,) = replies
+    if type(raws) is not list or len(raws) != len(rkeys) + 1:
+        raise Unusable(f"MGET of {len(rkeys) + 1} keys answered {short_repr(raws)}")
+    for raw in raws:
+        if raw is not None and type(raw) is not bytes and raw is not TOO_LARGE:
+            raise Unusable(f"MGET answered {short_repr(raw)} among its values")
+    try:
+        gen, valid = envelope.open_generation(namespace.gen_key, raws[0])
+        if not valid:
+            opened.corrupt += 1
+        values = envelope.open_all(gen, rkeys, raws[1:], opened, MISS)
+    except Mismatch as error:
+        opened.corrupt += 1
+        raise Unusable(str(error)) from None
+    if namespace.new_gen is not None:
+        return gen, [MISS] * len(rkeys)
+    operations = namespace.operations
+    if operations:
+        loads = envelope.serializer.loads
+        for i, rkey in enumerate(rkeys):
+            op = operations.get(rkey)
+            if op is None:
+                continue
+            if op.kind == DELETE or op.payload is None:
+                values[i] = MISS
+            else:
+                values[i] = loads(op.payload)
+    return gen, values
