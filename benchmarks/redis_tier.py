@@ -9,11 +9,14 @@
   ``store.flush()`` inside the timing).  The baseline: ``MGET``, the batch
   function, one pipelined ``SET ... PX`` per value.
 
-Round trips are counted twice.  At the client, a connection class counts every
-``send_packed_command`` (one per command or pipeline), split into reads (those
-carrying an ``MGET``) and writes.  At the server, a ``MONITOR`` connection
-counts the commands that touch this run's keys (their random prefix makes
-them ours on a shared server), once per scenario, outside the timed rounds.
+Round trips are counted twice.  At the client: for the hand-written code, a
+redis-py connection class counts every ``send_packed_command`` (one per
+command or pipeline), split into reads (those carrying an ``MGET``) and
+writes; the store, which speaks to Redis over a connection of its own,
+reports its round trips in ``store.stats``.  At the server, a ``MONITOR``
+connection counts the commands that touch this run's keys (their random
+prefix makes them ours on a shared server), once per scenario, outside the
+timed rounds.
 
 The server is ``REDIS_URL`` (default ``redis://127.0.0.1:6379/0``).  Without
 the Redis backend, redis-py or a server, the scenario is skipped with a note;
@@ -44,9 +47,9 @@ SUBJECT = "loadercache[RedisCacheMap]"
 RAW_WARM = "redis-py MGET+msgpack"
 RAW_COLD = "redis-py MGET+SET pipeline"
 TTL = 600.0
-# The store's value layout (see loadercache.backends.redis and .serializers):
-# a 16-byte generation token, a format-version byte, then msgpack.
-_HEADER = 17
+# The store's value layout (see loadercache.backends.redis.envelope and
+# .serializers): a 13-byte envelope, a format-version byte, then msgpack.
+_HEADER = 14
 # The store's timeout in the set-up and under MONITOR, which slows Redis down.
 _SLOW = 10.0
 
@@ -131,14 +134,14 @@ class _Run:
         n, size = self.sizes.redis_keys, self.sizes.redis_batch
         return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
 
-    def store(self, client: Any, timeout: Optional[float] = None) -> Any:
+    def store(self, timeout: Optional[float] = None) -> Any:
         """A store with default settings, or a longer timeout for the set-up
         and the MONITOR passes (MONITOR slows the server down)."""
         from loadercache.backends.redis import RedisStore
 
         if timeout is None:
-            return RedisStore(client, prefix=self.prefix, ttl=TTL)
-        return RedisStore(client, prefix=self.prefix, ttl=TTL, timeout=timeout)
+            return RedisStore(REDIS_URL, prefix=self.prefix, ttl=TTL)
+        return RedisStore(REDIS_URL, prefix=self.prefix, ttl=TTL, timeout=timeout)
 
     def fresh_namespace(self) -> str:
         self.runs += 1
@@ -164,9 +167,8 @@ async def _through_loader(run: _Run, store: Any, namespace: str, fn: Any) -> Non
 async def _populate(run: _Run) -> None:
     from loadercache import DataLoader
 
-    client = _client()
+    store = run.store(timeout=_SLOW)
     try:
-        store = run.store(client, timeout=_SLOW)
         # One batch, so one write-back round trip and one generation for all.
         loader: DataLoader[int, Any] = DataLoader(
             batch_fn(BatchCounter()), cache_map=store.cache_map("warm")
@@ -179,31 +181,40 @@ async def _populate(run: _Run) -> None:
         )
         assert counter.calls == 0, "a key written back could not be read"
     finally:
-        await _close(client)
+        await store.aclose()
 
 
 async def _warm_loadercache(run: _Run) -> Sample:
-    client = _client()
+    store = run.store()
     try:
-        store = run.store(client)
-        await client.ping()
+        await _connect(store)
         counter = BatchCounter()
-        _sent.clear()
+        before = store.stats
         start = perf_counter()
         await _through_loader(run, store, "warm", batch_fn(counter))
         seconds = perf_counter() - start
+        after = store.stats
         assert counter.calls == 0, "a warm key reached the batch function"
         batches = len(run.chunks)
+        trips = after.reads + after.writes - before.reads - before.writes
         return Sample(
             seconds,
             run.sizes.redis_keys,
-            extra={
-                "round trips/batch": (_sent["read"] + _sent["write"]) / batches,
-                **run.server.get("warm", {}),
-            },
+            extra={"round trips/batch": trips / batches, **run.server.get("warm", {})},
         )
     finally:
-        await _close(client)
+        await store.aclose()
+
+
+async def _connect(store: Any) -> None:
+    """Open the store's connection outside the timing (a read of nothing)."""
+    from loadercache import DataLoader
+
+    loader: DataLoader[int, Any] = DataLoader(
+        batch_fn(BatchCounter()), cache_map=store.cache_map("connect")
+    )
+    await loader.load(0)
+    await store.flush()
 
 
 async def _warm_raw(run: _Run) -> Sample:
@@ -211,7 +222,7 @@ async def _warm_raw(run: _Run) -> Sample:
 
     client = _client()
     try:
-        base = run.store(client).redis_key("warm", 0)[:-1]  # ...:i:
+        base = run.store().redis_key("warm", 0)[:-1]  # ...:i:
         await client.ping()
         unpackb = msgpack.unpackb
         _sent.clear()
@@ -235,30 +246,30 @@ async def _warm_raw(run: _Run) -> Sample:
 
 
 async def _cold_loadercache(run: _Run) -> Sample:
-    client = _client()
+    store = run.store()
     try:
-        store = run.store(client)
         namespace = run.fresh_namespace()
-        await client.ping()
+        await _connect(store)
         counter = BatchCounter()
-        _sent.clear()
+        before = store.stats
         start = perf_counter()
         await _through_loader(run, store, namespace, batch_fn(counter))
         await store.flush()
         seconds = perf_counter() - start
+        after = store.stats
         batches = len(run.chunks)
         assert counter.calls == batches, "a cold batch was split or skipped"
         return Sample(
             seconds,
             run.sizes.redis_keys,
             extra={
-                "read round trips/batch": _sent["read"] / batches,
-                "write round trips/batch": _sent["write"] / batches,
+                "read round trips/batch": (after.reads - before.reads) / batches,
+                "write round trips/batch": (after.writes - before.writes) / batches,
                 **run.server.get("cold", {}),
             },
         )
     finally:
-        await _close(client)
+        await store.aclose()
 
 
 async def _cold_raw(run: _Run) -> Sample:
@@ -266,7 +277,7 @@ async def _cold_raw(run: _Run) -> Sample:
 
     client = _client()
     try:
-        base = run.store(client).redis_key(run.fresh_namespace(), 0)[:-1]
+        base = run.store().redis_key(run.fresh_namespace(), 0)[:-1]
         await client.ping()
         packb, px = msgpack.packb, int(TTL * 1000)
         fn = batch_fn(BatchCounter())
@@ -332,9 +343,8 @@ async def _server_counts(
 
 
 async def _cold_server_counts(run: _Run) -> None:
-    client = _client()
+    store = run.store(timeout=_SLOW)
     try:
-        store = run.store(client, timeout=_SLOW)
         namespace = run.fresh_namespace()
 
         async def work() -> None:
@@ -343,7 +353,7 @@ async def _cold_server_counts(run: _Run) -> None:
 
         run.server["cold"] = await _server_counts(run, work)
     finally:
-        await _close(client)
+        await store.aclose()
 
 
 async def _delete_keys(run: _Run) -> None:
