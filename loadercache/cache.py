@@ -57,8 +57,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Hashable, MutableMapping
 from typing import (
+    TYPE_CHECKING,
     Any,
-    Callable,
     Generic,
     Optional,
     Protocol,
@@ -188,8 +188,23 @@ class MutableMappingCacheMap(Generic[KT, VT]):
 
     __slots__ = ("get", "mapping", "set")
 
-    get: Callable[[KT], Optional[asyncio.Future[VT]]]
-    set: Callable[[KT, asyncio.Future[VT]], None]
+    mapping: MutableMapping[KT, asyncio.Future[VT]]
+    """The mapping the futures are kept in.
+
+    >>> MutableMappingCacheMap({}).mapping
+    {}
+    """
+
+    if TYPE_CHECKING:
+        # At run time get and set are slots holding the mapping's own bound
+        # methods, filled in by __init__; to a type checker they are the
+        # methods of the CacheMap protocol, with its parameter names.
+
+        def get(self, key: KT) -> Optional[asyncio.Future[VT]]:
+            """Return the future stored for *key*, or ``None``."""
+
+        def set(self, key: KT, value: asyncio.Future[VT]) -> None:
+            """Store *value* for *key*."""
 
     def __init__(self, mapping: MutableMapping[KT, asyncio.Future[VT]]) -> None:
         self.mapping = mapping
