@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Hashable
-from typing import Any
+from typing import TypeVar
 
 try:
     import cachetools
@@ -17,8 +17,11 @@ from loadercache.cache import MutableMappingCacheMap
 
 __all__ = ["LRUCacheMap"]
 
+KT = TypeVar("KT", bound=Hashable)
+VT = TypeVar("VT")
 
-class LRUCacheMap(MutableMappingCacheMap[Hashable, Any]):
+
+class LRUCacheMap(MutableMappingCacheMap[KT, VT]):
     """Keep at most *maxsize* keys, evicting the least recently used.
 
     An evicted key is loaded again by the next ``load``; a load in flight
