@@ -215,9 +215,11 @@ class MutableMappingCacheMap(Generic[KT, VT]):
         _SET_SLOT.__set__(self, mapping.__setitem__)
 
     def delete(self, key: KT) -> None:
+        """Forget *key*; a key that is absent is not an error."""
         self.mapping.pop(key, None)
 
     def clear(self) -> None:
+        """Forget every key."""
         self.mapping.clear()
 
     def __len__(self) -> int:

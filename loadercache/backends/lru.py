@@ -7,10 +7,10 @@ from typing import TypeVar
 
 try:
     import cachetools
-except ImportError as error:  # pragma: no cover - exercised without the extra
+except ImportError as _missing:  # pragma: no cover - exercised without the extra
     raise ImportError(
         "LRUCacheMap needs cachetools; install it with: pip install 'loadercache[lru]'"
-    ) from error
+    ) from _missing
 
 from loadercache.backends.local import _check_maxsize
 from loadercache.cache import MutableMappingCacheMap
