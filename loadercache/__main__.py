@@ -194,11 +194,23 @@ async def run_demo(posts: int = 20, comments_per_post: int = 5) -> DemoResult:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """Run the demo and print the query counts."""
+    # Plain text: argparse prints the description as it is, and the module
+    # docstring's reST markup would show as double backticks.
     parser = argparse.ArgumentParser(
-        prog="python -m loadercache", description=__doc__.splitlines()[0]
+        prog="python -m loadercache",
+        description=(
+            "Resolve a GraphQL-shaped request (posts, their authors and "
+            "comments, the comments' authors) over an in-memory SQLite "
+            "database twice, naively and through DataLoaders, and print how "
+            "many queries each made."
+        ),
     )
-    parser.add_argument("--posts", type=int, default=20)
-    parser.add_argument("--comments", type=int, default=5, help="per post")
+    parser.add_argument(
+        "--posts", type=int, default=20, help="posts in the request (default 20)"
+    )
+    parser.add_argument(
+        "--comments", type=int, default=5, help="comments per post (default 5)"
+    )
     args = parser.parse_args(argv)
     result = asyncio.run(run_demo(args.posts, args.comments))
     print(
