@@ -186,8 +186,6 @@ class MutableMappingCacheMap(Generic[KT, VT]):
     True
     """
 
-    __slots__ = ("get", "mapping", "set")
-
     mapping: MutableMapping[KT, asyncio.Future[VT]]
     """The mapping the futures are kept in.
 
@@ -198,13 +196,19 @@ class MutableMappingCacheMap(Generic[KT, VT]):
     if TYPE_CHECKING:
         # At run time get and set are slots holding the mapping's own bound
         # methods, filled in by __init__; to a type checker they are the
-        # methods of the CacheMap protocol, with its parameter names.
+        # methods of the CacheMap protocol, with its parameter names (pyright
+        # takes a name listed in __slots__ for an instance variable, and a
+        # method reached through one for an unbound function).
+        __slots__ = ("mapping",)
 
         def get(self, key: KT) -> Optional[asyncio.Future[VT]]:
             """Return the future stored for *key*, or ``None``."""
 
         def set(self, key: KT, value: asyncio.Future[VT]) -> None:
             """Store *value* for *key*."""
+
+    else:
+        __slots__ = ("get", "mapping", "set")
 
     def __init__(self, mapping: MutableMapping[KT, asyncio.Future[VT]]) -> None:
         self.mapping = mapping
