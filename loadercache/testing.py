@@ -64,7 +64,7 @@ class BatchRecorder:
     def __init__(self, values: Optional[Dict[Hashable, Any]] = None) -> None:
         self.values: Dict[Hashable, Any] = dict(values or {})
         self.calls: List[List[Any]] = []
-        self.gate = asyncio.Event()
+        self.gate: asyncio.Event = asyncio.Event()
         self.gate.set()
 
     async def __call__(self, keys: List[Any]) -> List[Any]:
