@@ -103,6 +103,20 @@ def _expect_equal(got: Any, expected: Any, what: str = "the value") -> None:
         raise AssertionError(f"{what}: expected {expected!r}, got {got!r}")
 
 
+def _close(loop: asyncio.AbstractEventLoop) -> None:
+    """Close *loop* as ``asyncio.run`` does: cancel what is left, then shut down."""
+    try:
+        left = asyncio.all_tasks(loop)
+        for task in left:
+            task.cancel()
+        if left:
+            loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
+    finally:
+        loop.close()
+
+
 def _skip(reason: str) -> None:
     # unittest's SkipTest: pytest reports it as a skip, and the kit imports
     # no test framework.
@@ -147,7 +161,10 @@ class CacheMapContract:
     def run(self, test: Callable[[], Awaitable[None]]) -> None:
         """Run one test with the backend set up, in a new event loop.
 
-        Override to use another loop (uvloop) or runner.
+        Override to use another loop (uvloop) or runner.  The loop is never
+        made the thread's current one, so code after the test that relies on
+        ``asyncio.get_event_loop()`` finds what it found before (after
+        ``asyncio.run()``, it would raise).
         """
 
         async def main() -> None:
@@ -162,7 +179,11 @@ class CacheMapContract:
             finally:
                 await self.teardown_backend()
 
-        asyncio.run(main())
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(main())
+        finally:
+            _close(loop)
 
     # -- helpers for the tests ----------------------------------------------
 

@@ -10,6 +10,8 @@ run through the kit's tests, which must fail them.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import unittest
 import uuid
 from typing import Any, Callable, Dict, Hashable, Optional, Sequence, Tuple
@@ -232,3 +234,31 @@ def test_the_kit_skips_what_a_backend_does_not_declare() -> None:
         TestDictCacheMap().test_a_key_the_map_refuses_is_never_queued()
     with pytest.raises(unittest.SkipTest, match="does not implement fail_tier"):
         TestTheKitPassesASoundTier().test_a_failing_tier_costs_misses_never_errors()
+
+
+def test_a_kit_test_leaves_the_threads_event_loop_alone() -> None:
+    # asyncio.run() would unset it: later code calling get_event_loop() (as
+    # redis-py and fakeredis do on Python 3.9 when a client is made) failed.
+    # In a fresh interpreter, so that this test changes no loop of the suite.
+    script = """
+import asyncio
+from loadercache.backends import DictCacheMap
+from loadercache.testing import CacheMapContract
+
+class Contract(CacheMapContract):
+    def make_cache_map(self):
+        return DictCacheMap()
+
+loop = asyncio.new_event_loop()
+asyncio.set_event_loop(loop)
+Contract().test_clear_forgets_every_key()
+assert asyncio.get_event_loop() is loop
+loop.close()
+"""
+    done = subprocess.run(
+        [sys.executable, "-W", "error", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
