@@ -56,7 +56,11 @@ def main() -> None:
             metadata_name = next(n for n in names if n.endswith("dist-info/METADATA"))
             metadata = Parser().parsestr(archive.read(metadata_name).decode())
         check(not any(n.endswith(".c") for n in names), f"C source in {names}")
-        for needed in ("loadercache/py.typed", "loadercache/_speedups.pyi"):
+        for needed in (
+            "loadercache/py.typed",
+            "loadercache/_speedups.pyi",
+            "loadercache/testing/__init__.py",
+        ):
             check(needed in names, f"{needed} missing from the wheel")
         check(
             any("_speedups" in n and n.endswith((".so", ".pyd")) for n in names),
