@@ -1,6 +1,7 @@
 """Ariadne: per-request loaders from the ASGI app's ``context_value`` callable.
 
-    python examples/ariadne_app.py
+    python examples/ariadne_app.py                          # prints query counts
+    uvicorn --app-dir examples ariadne_app:app              # serves it
 
 Ariadne calls ``context_value(request, data)`` once per request when it is
 callable; returning a new ``BlogLoaders`` there gives every request its own.
@@ -13,7 +14,16 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import httpx
 from ariadne import ObjectType, QueryType, make_executable_schema
 from ariadne.asgi import GraphQL
-from blog import QUERY, Blog, BlogLoaders, Comment, Post, User, report
+from blog import (
+    QUERY,
+    Blog,
+    BlogLoaders,
+    Comment,
+    Post,
+    User,
+    report,
+    served_blog,
+)
 from graphql import GraphQLResolveInfo
 
 type_defs = """
@@ -52,13 +62,22 @@ async def resolve_comments(parent: Post, info: GraphQLResolveInfo) -> List[Comme
 schema = make_executable_schema(type_defs, query, post, comment)
 
 
-def make_app(blog: Blog, *, batching: bool = True) -> GraphQL:
-    """The ASGI app: a new set of loaders for every request."""
+def make_app(blog: Optional[Blog] = None, *, batching: bool = True) -> GraphQL:
+    """The ASGI app: a new set of loaders for every request.
+
+    Without *blog*, it serves the blog its first request opens.
+    """
 
     def context_value(request: Any, data: Any) -> Dict[str, Any]:
-        return {"request": request, "loaders": BlogLoaders(blog, batching=batching)}
+        loaders = BlogLoaders(
+            blog if blog is not None else served_blog(), batching=batching
+        )
+        return {"request": request, "loaders": loaders}
 
     return GraphQL(schema, context_value=context_value)
+
+
+app = make_app()
 
 
 async def run(batching: bool = True) -> Tuple[Dict[str, Any], int]:

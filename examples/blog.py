@@ -125,6 +125,21 @@ class Blog:
         return [Post(*row) for row in self.query("SELECT * FROM posts ORDER BY id")]
 
 
+_served: Optional[Blog] = None
+
+
+def served_blog() -> Blog:
+    """The blog of an app run by a server: one per process, opened on first use.
+
+    (Opened at import, an unclosed database would outlive every test that
+    imports an example.)
+    """
+    global _served
+    if _served is None:
+        _served = Blog()
+    return _served
+
+
 def _marks(keys: Sequence[int]) -> str:
     return ", ".join("?" * len(keys))
 

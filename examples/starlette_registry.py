@@ -1,6 +1,8 @@
 """Starlette: every HTTP request gets its own loaders from a middleware.
 
-    python examples/starlette_registry.py
+    python examples/starlette_registry.py                   # two viewers' requests
+    uvicorn --app-dir examples starlette_registry:app       # serves it
+    curl -H 'x-user-id: 1' http://127.0.0.1:8000/posts
 
 ``LoadersMiddleware`` builds an ``AppLoaders`` for each request (here scoped
 to the viewer named by a header; in an application, the authenticated user)
@@ -15,10 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import httpx
-from blog import Blog, BlogLoaders, Post, fetch_bookmarked
+from blog import Blog, BlogLoaders, Post, fetch_bookmarked, served_blog
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.middleware import Middleware
@@ -62,15 +64,20 @@ async def list_posts(request: Request) -> JSONResponse:
     return JSONResponse(await asyncio.gather(*(render_post(p) for p in posts)))
 
 
-def make_app(blog: Blog) -> Starlette:
+def make_app(blog: Optional[Blog] = None) -> Starlette:
+    """The app; without *blog*, it serves the blog its first request opens."""
+
     def loaders_for(scope: Scope) -> AppLoaders:
         viewer_id = int(Headers(scope=scope).get("x-user-id", "0"))
-        return AppLoaders(blog, viewer_id)
+        return AppLoaders(blog if blog is not None else served_blog(), viewer_id)
 
     return Starlette(
         routes=[Route("/posts", list_posts)],
         middleware=[Middleware(LoadersMiddleware, factory=loaders_for)],
     )
+
+
+app = make_app()
 
 
 async def run(viewers: Tuple[int, ...] = (1, 2)) -> Tuple[List[Any], int]:

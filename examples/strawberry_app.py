@@ -1,6 +1,9 @@
 """Strawberry: per-request loaders built in the ASGI app's context getter.
 
-    python examples/strawberry_app.py
+    python examples/strawberry_app.py                       # prints query counts
+    uvicorn --app-dir examples strawberry_app:app           # serves it
+    curl -d '{"query": "{ posts { title author { name } } }"}' \
+        -H 'content-type: application/json' http://127.0.0.1:8000/graphql
 
 Strawberry ships a DataLoader of its own; switching to loadercache's is an
 import and a keyword: ``from loadercache import DataLoader`` and
@@ -18,7 +21,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import httpx
 import strawberry
-from blog import QUERY, Blog, BlogLoaders, report
+from blog import QUERY, Blog, BlogLoaders, report, served_blog
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.websockets import WebSocket
@@ -83,9 +86,9 @@ schema = strawberry.Schema(query=Query)
 class BlogGraphQL(GraphQL):
     """The ASGI app: a new set of loaders for every request."""
 
-    def __init__(self, blog: Blog, *, batching: bool = True) -> None:
+    def __init__(self, blog: Optional[Blog] = None, *, batching: bool = True) -> None:
         super().__init__(schema)
-        self.blog = blog
+        self.blog = blog  # None: the served blog, opened by the first request
         self.batching = batching
 
     async def get_context(
@@ -93,7 +96,11 @@ class BlogGraphQL(GraphQL):
         request: Union[Request, WebSocket],
         response: Union[Response, WebSocket],
     ) -> Context:
-        return Context(loaders=BlogLoaders(self.blog, batching=self.batching))
+        blog = self.blog if self.blog is not None else served_blog()
+        return Context(loaders=BlogLoaders(blog, batching=self.batching))
+
+
+app = BlogGraphQL()
 
 
 async def run(batching: bool = True) -> Tuple[Dict[str, Any], int]:

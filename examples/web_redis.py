@@ -1,7 +1,13 @@
 """Starlette: one Redis cache shared by every process, loaders per request.
 
+    pip install 'loadercache[redis,integrations]'   # redis-py, msgpack, starlette
     REDIS_URL=redis://127.0.0.1:6379/0 python examples/web_redis.py
     uvicorn --app-dir examples web_redis:app --workers 4   # a real server
+    curl -H 'x-tenant: acme' 'http://127.0.0.1:8000/users?ids=1,2'
+
+``REDIS_URL`` (default ``redis://127.0.0.1:6379/0``) is the server and
+``REDIS_PREFIX`` (default ``example``) the first segment of every key the app
+writes, so that several deployments (or test runs) can share one server.
 
 One :class:`RedisStore` per process is created in the lifespan (it holds the
 Redis client, so it is opened once and closed at shutdown) and lives at
@@ -11,7 +17,8 @@ no I/O.  The cache namespace carries the tenant, taken here from the
 tenant's rows are never served to another.
 
 * ``GET /users?ids=1,2`` loads users: from the request's own cache, else from
-  Redis (filled by any process), else from the database in one query.
+  Redis (filled by any process), else from the database in one query.  Ids
+  that are not integers are a 400, not a server error.
 * ``PUT /users/{id}`` updates a user, then ``clear(id).prime(id, user)``: every
   process reads the new row from Redis without querying.
 * ``DELETE /users`` forgets the tenant's cached users in every process
@@ -87,7 +94,14 @@ def loaders(request: Request) -> RequestLoaders:
 
 
 async def get_users(request: Request) -> JSONResponse:
-    ids = [int(part) for part in request.query_params.get("ids", "").split(",") if part]
+    text = request.query_params.get("ids", "")
+    try:
+        ids = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        return JSONResponse(
+            {"error": f"ids must be integers separated by commas, got {text!r}"},
+            status_code=400,
+        )
     users = await loaders(request).users.load_many(ids)
     return JSONResponse(users)
 
@@ -116,16 +130,22 @@ def create_app(
     redis: Union[str, Redis, None] = None,
     *,
     db: Optional[UserDB] = None,
-    prefix: str = "example",
+    prefix: Optional[str] = None,
 ) -> Starlette:
-    """The app; *redis* is a URL (default: $REDIS_URL) or a client you close."""
+    """The app; *redis* is a URL (default: $REDIS_URL) or a client you close.
+
+    *prefix* (default: $REDIS_PREFIX, else ``"example"``) starts every key.
+    """
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # One store per process: created at start-up, closed at shutdown
         # (which also sends the writes still in the background).
         target = redis or os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-        app.state.store = RedisStore(target, prefix=prefix, ttl=600, negative_ttl=30)
+        key_prefix = prefix or os.environ.get("REDIS_PREFIX", "example")
+        app.state.store = RedisStore(
+            target, prefix=key_prefix, ttl=600, negative_ttl=30
+        )
         try:
             yield
         finally:
@@ -147,7 +167,7 @@ def create_app(
 app = create_app()
 
 
-async def demo(redis: Optional[str] = None, prefix: str = "example") -> int:
+async def demo(redis: Optional[str] = None, prefix: Optional[str] = None) -> int:
     """Two 'processes' (two apps) sharing one Redis and one database.
 
     Prints what the second process read, and returns the database queries

@@ -27,9 +27,11 @@ class Database:
     [(3,)]
     """
 
-    def __init__(self, posts: int = 20, comments_per_post: int = 5, users: int = 100):
-        self.queries = 0
-        self.connection = sqlite3.connect(":memory:")
+    def __init__(
+        self, posts: int = 20, comments_per_post: int = 5, users: int = 100
+    ) -> None:
+        self.queries: int = 0
+        self.connection: sqlite3.Connection = sqlite3.connect(":memory:")
         self.connection.executescript(
             """
             CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL);
@@ -83,10 +85,12 @@ class Naive:
         self.db = db
 
     async def user(self, user_id: int) -> Optional[str]:
+        """The name of one user: one query."""
         rows = self.db.query("SELECT name FROM users WHERE id = ?", [user_id])
         return rows[0][0] if rows else None
 
     async def comments(self, post_id: int) -> List[Any]:
+        """The comments of one post: one query."""
         return self.db.query(
             "SELECT id, author_id, body FROM comments WHERE post_id = ? ORDER BY id",
             [post_id],
@@ -120,9 +124,11 @@ class Batched:
         return [by_post[post_id] for post_id in post_ids]
 
     async def user(self, user_id: int) -> Optional[str]:
+        """The name of one user, batched with the other loads of this tick."""
         return await self.users.load(user_id)
 
     async def comments(self, post_id: int) -> List[Any]:
+        """The comments of one post, batched with the other loads of this tick."""
         return await self.comments_by_post.load(post_id)
 
 
@@ -188,11 +194,23 @@ async def run_demo(posts: int = 20, comments_per_post: int = 5) -> DemoResult:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """Run the demo and print the query counts."""
+    # Plain text: argparse prints the description as it is, and the module
+    # docstring's reST markup would show as double backticks.
     parser = argparse.ArgumentParser(
-        prog="python -m loadercache", description=__doc__.splitlines()[0]
+        prog="python -m loadercache",
+        description=(
+            "Resolve a GraphQL-shaped request (posts, their authors and "
+            "comments, the comments' authors) over an in-memory SQLite "
+            "database twice, naively and through DataLoaders, and print how "
+            "many queries each made."
+        ),
     )
-    parser.add_argument("--posts", type=int, default=20)
-    parser.add_argument("--comments", type=int, default=5, help="per post")
+    parser.add_argument(
+        "--posts", type=int, default=20, help="posts in the request (default 20)"
+    )
+    parser.add_argument(
+        "--comments", type=int, default=5, help="comments per post (default 5)"
+    )
     args = parser.parse_args(argv)
     result = asyncio.run(run_demo(args.posts, args.comments))
     print(

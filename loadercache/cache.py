@@ -57,8 +57,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Hashable, MutableMapping
 from typing import (
+    TYPE_CHECKING,
     Any,
-    Callable,
     Generic,
     Optional,
     Protocol,
@@ -186,10 +186,29 @@ class MutableMappingCacheMap(Generic[KT, VT]):
     True
     """
 
-    __slots__ = ("get", "mapping", "set")
+    mapping: MutableMapping[KT, asyncio.Future[VT]]
+    """The mapping the futures are kept in.
 
-    get: Callable[[KT], Optional[asyncio.Future[VT]]]
-    set: Callable[[KT, asyncio.Future[VT]], None]
+    >>> MutableMappingCacheMap({}).mapping
+    {}
+    """
+
+    if TYPE_CHECKING:
+        # At run time get and set are slots holding the mapping's own bound
+        # methods, filled in by __init__; to a type checker they are the
+        # methods of the CacheMap protocol, with its parameter names (pyright
+        # takes a name listed in __slots__ for an instance variable, and a
+        # method reached through one for an unbound function).
+        __slots__ = ("mapping",)
+
+        def get(self, key: KT) -> Optional[asyncio.Future[VT]]:
+            """Return the future stored for *key*, or ``None``."""
+
+        def set(self, key: KT, value: asyncio.Future[VT]) -> None:
+            """Store *value* for *key*."""
+
+    else:
+        __slots__ = ("get", "mapping", "set")
 
     def __init__(self, mapping: MutableMapping[KT, asyncio.Future[VT]]) -> None:
         self.mapping = mapping
@@ -200,9 +219,11 @@ class MutableMappingCacheMap(Generic[KT, VT]):
         _SET_SLOT.__set__(self, mapping.__setitem__)
 
     def delete(self, key: KT) -> None:
+        """Forget *key*; a key that is absent is not an error."""
         self.mapping.pop(key, None)
 
     def clear(self) -> None:
+        """Forget every key."""
         self.mapping.clear()
 
     def __len__(self) -> int:

@@ -53,7 +53,7 @@ __all__ = ["Loaders", "current_loaders", "loader_property", "use_loaders"]
 L = TypeVar("L", bound="DataLoader[Any, Any]")
 S = TypeVar("S", bound="Loaders")
 
-logger = logging.getLogger("loadercache")
+logger: logging.Logger = logging.getLogger("loadercache")
 
 _current: ContextVar[Optional[Loaders]] = ContextVar(
     "loadercache.loaders", default=None

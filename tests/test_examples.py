@@ -31,3 +31,18 @@ async def test_demo_batches_one_query_per_level_whatever_the_size() -> None:
     assert result.naive_queries == 1 + 60 + 60 + 180
     assert result.batched_queries == 4
     assert result.same_result
+
+
+def test_demo_help_is_plain_text() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "loadercache", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert "usage: python -m loadercache" in done.stdout
+    assert "DataLoaders" in done.stdout
+    # reST markup from a docstring reads as noise in a terminal.
+    assert "``" not in done.stdout
+    assert ":class:" not in done.stdout

@@ -170,3 +170,17 @@ async def test_the_demo_prints_one_query_for_two_processes(
     out = capsys.readouterr().out
     assert "process 2 read ['Acme user 1', 'Acme user 2', 'Acme user 3']" in out
     assert "database queries for both processes: 1" in out
+
+
+async def test_ids_that_are_not_integers_are_a_400(start: Callable[[Any], Any]) -> None:
+    db = web_redis.UserDB()
+    process: Process = await start(db)
+    for ids in ("1,x", "x", "1.5"):
+        response = await process.client.get("/users", params={"ids": ids})
+        assert response.status_code == 400, ids
+        assert "integers" in response.json()["error"]
+    assert await process.get_users("1, 2,") == [
+        {"id": 1, "name": "Acme user 1"},
+        {"id": 2, "name": "Acme user 2"},
+    ]
+    assert db.queries == 1

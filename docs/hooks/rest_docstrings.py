@@ -10,6 +10,7 @@ source stays in one style and the site still reads well.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any, List
 
 import griffe
@@ -68,9 +69,46 @@ def rest_to_markdown(text: str) -> str:
     return "\n".join(lines)
 
 
+def _private(expression: object) -> bool:
+    """Whether *expression* (a base class, a value) names a private object."""
+    names = re.findall(r"[A-Za-z_][A-Za-z0-9_.]*", str(expression))
+    return any(part.startswith("_") for name in names for part in name.split("."))
+
+
 class RestDocstrings(griffe.Extension):
-    """Rewrite every docstring as it is loaded."""
+    """Rewrite every docstring as it is loaded; keep private names off the page.
+
+    A class's private bases (``DataLoader``'s ``_LoaderCore``, the C struct
+    its fields live in) and a value computed from private names (``SPEEDUPS
+    = _speedups is not None``) are implementation, not API: the page shows
+    the public bases, and the attribute with its type but not its value.
+    """
 
     def on_instance(self, *, obj: griffe.Object, **kwargs: Any) -> None:
         if obj.docstring is not None:
             obj.docstring.value = rest_to_markdown(obj.docstring.value)
+        if isinstance(obj, griffe.Class):
+            obj.bases = [base for base in obj.bases if not _private(base)]
+        elif isinstance(obj, griffe.Attribute):
+            if _private(obj.value):
+                obj.value = None
+            if obj.docstring is None:
+                comment = _comment_above(obj)
+                if comment:
+                    obj.docstring = griffe.Docstring(
+                        rest_to_markdown(comment), parent=obj
+                    )
+
+
+def _comment_above(attribute: griffe.Attribute) -> str:
+    """The ``#:`` comment lines above an attribute (Sphinx's autodoc reads them)."""
+    if attribute.lineno is None or not isinstance(attribute.filepath, Path):
+        return ""
+    lines = attribute.filepath.read_text(encoding="utf-8").splitlines()
+    found: List[str] = []
+    for line in reversed(lines[: attribute.lineno - 1]):
+        stripped = line.strip()
+        if not stripped.startswith("#:"):
+            break
+        found.append(stripped[2:].strip())
+    return " ".join(reversed(found))

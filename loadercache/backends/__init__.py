@@ -7,16 +7,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from loadercache.backends.local import DictCacheMap, TTLCacheMap
+
+if TYPE_CHECKING:
+    from loadercache.backends.lru import LRUCacheMap
 
 __all__ = ["DictCacheMap", "LRUCacheMap", "TTLCacheMap"]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     # The cachetools-backed map is imported on first use, so that the others
-    # work without the extra installed.
+    # work without the extra installed; type checkers see the import above.
     if name == "LRUCacheMap":
         from loadercache.backends import lru
 

@@ -7,17 +7,23 @@ import functools
 import time
 from collections import OrderedDict
 from collections.abc import Hashable
-from typing import Any, Callable, Dict, Optional
+from typing import Callable, Dict, Generic, Optional, TypeVar
 
 from loadercache.cache import MutableMappingCacheMap
 
 __all__ = ["DictCacheMap", "TTLCacheMap"]
 
+KT = TypeVar("KT", bound=Hashable)
+VT = TypeVar("VT")
 
-class DictCacheMap(MutableMappingCacheMap[Any, Any]):
+
+class DictCacheMap(MutableMappingCacheMap[KT, VT]):
     """An unbounded in-process cache map; what a loader uses by default.
 
     >>> loader = DataLoader(fetch_users, cache_map=DictCacheMap())
+
+    Its key and value types are the loader's: a type checker infers them from
+    the batch function, as for every cache map here.
     """
 
     __slots__ = ()
@@ -31,7 +37,7 @@ def _check_maxsize(maxsize: object) -> None:
         raise TypeError(f"maxsize must be a positive int, but got {maxsize!r}.")
 
 
-class TTLCacheMap:
+class TTLCacheMap(Generic[KT, VT]):
     """Keep at most *maxsize* keys, each for *ttl* seconds after it resolved.
 
     The time to live counts from when the value arrived, not from when the
@@ -58,13 +64,14 @@ class TTLCacheMap:
         _check_maxsize(maxsize)
         if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or ttl <= 0:
             raise TypeError(f"ttl must be a positive number, but got {ttl!r}.")
-        self.maxsize = maxsize
-        self.ttl = ttl
+        self.maxsize: int = maxsize
+        self.ttl: float = ttl
         self._timer = timer
-        self._futures: OrderedDict[Hashable, asyncio.Future[Any]] = OrderedDict()
-        self._deadlines: Dict[Hashable, float] = {}
+        self._futures: OrderedDict[KT, asyncio.Future[VT]] = OrderedDict()
+        self._deadlines: Dict[KT, float] = {}
 
-    def get(self, key: Hashable) -> Optional[asyncio.Future[Any]]:
+    def get(self, key: KT) -> Optional[asyncio.Future[VT]]:
+        """Return the future stored for *key*, or ``None`` once it has expired."""
         future = self._futures.get(key)
         if future is None:
             return None
@@ -75,7 +82,8 @@ class TTLCacheMap:
         self._futures.move_to_end(key)
         return future
 
-    def set(self, key: Hashable, value: asyncio.Future[Any]) -> None:
+    def set(self, key: KT, value: asyncio.Future[VT]) -> None:
+        """Store *value* for *key*; its TTL starts when it resolves."""
         futures = self._futures
         futures[key] = value
         futures.move_to_end(key)
@@ -88,17 +96,19 @@ class TTLCacheMap:
             oldest, _ = futures.popitem(last=False)
             self._deadlines.pop(oldest, None)
 
-    def _resolved(self, key: Hashable, future: asyncio.Future[Any]) -> None:
+    def _resolved(self, key: KT, future: asyncio.Future[VT]) -> None:
         # Only if the key still holds this future: it may have been cleared,
         # evicted or replaced while it loaded.
         if self._futures.get(key) is future:
             self._deadlines[key] = self._timer() + self.ttl
 
-    def delete(self, key: Hashable) -> None:
+    def delete(self, key: KT) -> None:
+        """Forget *key*; a key that is absent is not an error."""
         self._futures.pop(key, None)
         self._deadlines.pop(key, None)
 
     def clear(self) -> None:
+        """Forget every key."""
         self._futures.clear()
         self._deadlines.clear()
 

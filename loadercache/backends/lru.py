@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Hashable
-from typing import Any
+from typing import TypeVar
 
 try:
     import cachetools
-except ImportError as error:  # pragma: no cover - exercised without the extra
+except ImportError as _missing:  # pragma: no cover - exercised without the extra
     raise ImportError(
         "LRUCacheMap needs cachetools; install it with: pip install 'loadercache[lru]'"
-    ) from error
+    ) from _missing
 
 from loadercache.backends.local import _check_maxsize
 from loadercache.cache import MutableMappingCacheMap
 
 __all__ = ["LRUCacheMap"]
 
+KT = TypeVar("KT", bound=Hashable)
+VT = TypeVar("VT")
 
-class LRUCacheMap(MutableMappingCacheMap[Hashable, Any]):
+
+class LRUCacheMap(MutableMappingCacheMap[KT, VT]):
     """Keep at most *maxsize* keys, evicting the least recently used.
 
     An evicted key is loaded again by the next ``load``; a load in flight
