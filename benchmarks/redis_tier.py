@@ -47,7 +47,7 @@ SUBJECT = "loadercache[RedisCacheMap]"
 RAW_WARM = "redis-py MGET+msgpack"
 RAW_COLD = "redis-py MGET+SET pipeline"
 TTL = 600.0
-# The store's value layout (see loadercache.backends.redis.envelope and
+# The store's value layout (see loadercache.backends.redis._envelope and
 # .serializers): a 13-byte envelope, a format-version byte, then msgpack.
 _HEADER = 14
 # The store's timeout in the set-up and under MONITOR, which slows Redis down.

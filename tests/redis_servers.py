@@ -38,7 +38,7 @@ import pytest
 import redis
 
 from loadercache.backends.redis import RedisCacheMap, RedisStore
-from loadercache.backends.redis.client_link import MIN_REDIS_PY, redis_py_version
+from loadercache.backends.redis._client_link import MIN_REDIS_PY, redis_py_version
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 REQUIRE_REDIS = os.environ.get("LOADERCACHE_REQUIRE_REDIS") == "1"

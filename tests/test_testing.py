@@ -22,6 +22,7 @@ import pytest
 from loadercache import MISS, CacheMap
 from loadercache.backends import DictCacheMap, LRUCacheMap, TTLCacheMap
 from loadercache.backends.redis import RedisStore
+from loadercache.backends.redis._client_link import MIN_REDIS_PY, redis_py_version
 from loadercache.testing import CacheMapContract, RemoteTierContract
 
 from .redis_servers import delete_prefix, random_prefix, real_redis_url
@@ -78,12 +79,18 @@ class TestRedisOverFakeredis(RedisContract):
     prefix = "lctest"
 
     def redis_client(self) -> Any:
+        if redis_py_version() < MIN_REDIS_PY:
+            raise unittest.SkipTest(
+                f"the store takes clients from redis-py {MIN_REDIS_PY}, and "
+                f"redis-py {redis_py_version()} is installed"
+            )
         self.server = fakeredis.FakeServer()
-        return fakeredis.FakeAsyncRedis(server=self.server)
+        self.client = fakeredis.FakeAsyncRedis(server=self.server)
+        return self.client
 
     async def teardown_backend(self) -> None:
         await super().teardown_backend()
-        await self.store.client.aclose()
+        await self.client.aclose()
 
     async def fail_tier(self) -> None:
         self.server.connected = False

@@ -100,11 +100,11 @@ from typing import (
 
 try:
     import msgpack  # type: ignore[import-untyped, unused-ignore]
-except ImportError as error:
+except ImportError as _error:
     raise ImportError(
         "loadercache.backends.serializers needs msgpack; install it with: "
         "pip install 'loadercache[redis]'"
-    ) from error
+    ) from _error
 
 _packb = msgpack.packb
 _unpackb = msgpack.unpackb
@@ -126,7 +126,7 @@ T = TypeVar("T")
 #: value: msgpack's packer refuses deeper values and its unpacker deeper
 #: payloads.  Decoding keeps nesting on msgpack's explicit stack (containers
 #: are markers, not nested payloads), so no depth recurses in C.
-MAX_DEPTH = 1024
+MAX_DEPTH: int = 1024
 
 
 @runtime_checkable

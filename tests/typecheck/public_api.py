@@ -36,6 +36,7 @@ from loadercache.__main__ import Database, DemoResult, main, run_demo
 from loadercache.backends import DictCacheMap, LRUCacheMap, TTLCacheMap
 from loadercache.backends.redis import RedisCacheMap, RedisStore, StoreStats
 from loadercache.backends.serializers import (
+    MAX_DEPTH,
     DeserializationError,
     MsgpackSerializer,
     SerializationError,
@@ -47,10 +48,12 @@ from loadercache.integrations.asgi import LoadersMiddleware, Scope
 from loadercache.testing import BatchRecorder, CacheMapContract, RemoteTierContract
 from loadercache.tracing import (
     NOOP_SPAN,
+    EndableSpan,
     SpanLike,
     batch_span,
     redis_span,
     set_tracer_provider,
+    start_redis_span,
 )
 
 
@@ -179,12 +182,10 @@ def own_tier() -> DataLoader[int, str]:
 
 async def redis() -> None:
     store = RedisStore("redis://localhost:6379/0", ttl=600, serializer=None)
-    # RedisCacheMap.get is a Callable attribute: pyright rejects the map until
-    # backends/redis.py types it as a method (then this ignore is reported);
-    # and the map is not generic, so without the annotation mypy infers Any.
+    # The map is not generic (the store cannot know the values' type), so
+    # the loader's annotation says what they are.
     users: DataLoader[int, Optional[User]] = DataLoader(
-        fetch_users,
-        cache_map=store.cache_map("tenant:1:users"),  # pyright: ignore[reportArgumentType]
+        fetch_users, cache_map=store.cache_map("tenant:1:users")
     )
     assert_type(users.cache_map, CacheMap[Any, Optional[User]])
     assert_type(store.cache_map("users"), RedisCacheMap)
@@ -195,6 +196,7 @@ async def redis() -> None:
 
 
 def serializers() -> None:
+    assert_type(MAX_DEPTH, int)
     serializer: Serializer = MsgpackSerializer()
     assert_type(serializer.dumps({"a": 1}), bytes)
     msgpack = MsgpackSerializer()
@@ -248,6 +250,8 @@ def tracing() -> None:
         span.set_attribute("loadercache.remote_hits", 1)
     with redis_span("get_many", 2) as span:
         span.set_attribute("db.system", "redis")
+    ended: EndableSpan = start_redis_span("set_many", 3)
+    ended.end()
     assert NOOP_SPAN is not None
 
 

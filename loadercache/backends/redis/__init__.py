@@ -21,14 +21,14 @@ make (no I/O, no connection)::
     ...
     await store.aclose()                                      # at shutdown
 
-The package, one idea per module: :mod:`~.keys` (the key scheme and key
-encoding), :mod:`~.envelope` (how a value is stored: bound to its key and
-generation, optionally signed), :mod:`~.resp` and :mod:`~.link` (the wire
-protocol, and the one auto-pipelined connection every request shares),
-:mod:`~.client_link` (the same over a redis-py client), :mod:`~.health`
-(breakers, and what is logged about failures), :mod:`~.namespace` (the
-generation of a namespace and the invalidations Redis has not confirmed),
-:mod:`~.store` and :mod:`~.cache_map` (the public objects).
+The package holds one idea per (private) module: ``_keys`` (the key scheme
+and key encoding), ``_envelope`` (how a value is stored: bound to its key and
+generation, optionally signed), ``_resp`` and ``_link`` (the wire protocol,
+and the one auto-pipelined connection every request shares),
+``_client_link`` (the same over a redis-py client), ``_health`` (breakers, and
+what is logged about failures), ``_namespace`` (the generation of a namespace
+and the invalidations Redis has not confirmed), ``_stats``, ``_store`` and
+``_cache_map`` (the public objects, exported here).
 
 What a reader may see
 ---------------------
@@ -44,8 +44,8 @@ What a reader may see
   nonsensical round trip (each bounded by ``timeout`` of silence from the
   server) counts as all misses and the batch function answers.  Values that
   cannot be written are dropped.  Clears, primes and clear_alls that cannot be
-  sent are kept (bounded: past :data:`~.namespace.MAX_OPERATIONS` in a
-  namespace they become one clear_all) and are sent by themselves once Redis
+  sent are kept (bounded: past 1,000 in a namespace, or 10,000 in all, a
+  namespace's deletes become one clear_all) and are sent by themselves once Redis
   answers again, oldest namespace first, so a partition never loses an
   invalidation; while one is pending, this process never serves what it
   invalidated.  After ``breaker_threshold`` consecutive failures Redis is
@@ -53,7 +53,7 @@ What a reader may see
   Each outage is logged in at most three WARNING records through the
   ``loadercache`` logger; :attr:`RedisStore.stats` counts everything.
 * **Never another key's value.**  Each value is stored bound to its key and
-  generation (:mod:`~.envelope`): a reply that runs out of step with its
+  generation: a reply that runs out of step with its
   request, or a value copied to another key, is refused, and the connection
   that produced it is closed.  With ``secret=``, values are signed, and a
   value written by anyone without the secret is a miss.
@@ -75,14 +75,14 @@ from __future__ import annotations
 
 try:
     import msgpack  # type: ignore[import-untyped, unused-ignore]  # noqa: F401
-except ImportError as error:  # pragma: no cover - exercised without the extra
+except ImportError as _error:  # pragma: no cover - exercised without the extra
     raise ImportError(
         "loadercache.backends.redis needs msgpack; install it with: "
         "pip install 'loadercache[redis]'"
-    ) from error
+    ) from _error
 
-from loadercache.backends.redis.cache_map import RedisCacheMap
-from loadercache.backends.redis.stats import StoreStats
-from loadercache.backends.redis.store import RedisStore
+from loadercache.backends.redis._cache_map import RedisCacheMap
+from loadercache.backends.redis._stats import StoreStats
+from loadercache.backends.redis._store import RedisStore
 
 __all__ = ["RedisCacheMap", "RedisStore", "StoreStats"]

@@ -1,4 +1,4 @@
-"""The :class:`~loadercache.backends.redis.link.Link` interface over a redis-py client.
+"""The :class:`~loadercache.backends.redis._link.Link` interface over a redis-py client.
 
 For a store given a ``redis.asyncio.Redis`` or ``RedisCluster`` (or a
 fakeredis client in tests) instead of a URL.  It keeps the two promises the
@@ -29,8 +29,8 @@ import asyncio
 import contextlib
 from typing import Any, Callable, List, Optional, Sequence, Tuple, TypeVar
 
-from loadercache.backends.redis.link import Command, RoundTripError
-from loadercache.backends.redis.resp import ReplyError
+from loadercache.backends.redis._link import Command, RoundTripError
+from loadercache.backends.redis._resp import ReplyError
 
 __all__ = ["MIN_REDIS_PY", "ClientLink"]
 

@@ -16,14 +16,14 @@ from typing import (
     Union,
 )
 
-from loadercache.backends.redis.keys import (
+from loadercache.backends.redis._keys import (
     can_skip_check,
     check_namespace,
     redis_key,
     redis_keys,
     short_repr,
 )
-from loadercache.backends.redis.store import RedisStore
+from loadercache.backends.redis._store import RedisStore
 from loadercache.cache import CacheMap, as_cache_map
 
 __all__ = ["RedisCacheMap"]

@@ -4,7 +4,7 @@ Key scheme (version 2)
 ----------------------
 A value lives at ``<prefix>:2:v<version>:{<namespace>}:<encoded key>``, e.g.
 ``lc:2:v1:{users}:i:42`` or ``lc:2:v1:{tenant:7:users}:s:alice``, and the
-namespace's generation (see :mod:`loadercache.backends.redis.namespace`) at
+namespace's generation (see :mod:`loadercache.backends.redis._namespace`) at
 ``...:{<namespace>}:gen``.  ``2`` is the version of this scheme and of the
 value envelope: a deploy of a loadercache that writes another layout reads
 and writes other keys, so old and new deploys never read each other's

@@ -60,7 +60,7 @@ from typing import (
 )
 from urllib.parse import unquote, urlsplit
 
-from loadercache.backends.redis.resp import (
+from loadercache.backends.redis._resp import (
     NOT_ENOUGH,
     Arg,
     Parser,

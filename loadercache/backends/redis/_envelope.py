@@ -5,7 +5,7 @@ Every value is stored as ::
     "L" | generation token (8) | crc32(Redis key) (4) | [HMAC (16)] | payload
 
 * The **token** is the generation of the namespace the value was loaded under
-  (see :mod:`loadercache.backends.redis.namespace`): a value of any other
+  (see :mod:`loadercache.backends.redis._namespace`): a value of any other
   generation is a miss, which is how ``clear_all`` forgets a namespace in one
   command.
 * The **key binding** is the CRC-32 of the full Redis key (prefix, version,
@@ -38,7 +38,7 @@ import struct
 import zlib
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
-from loadercache.backends.redis.resp import TOO_LARGE
+from loadercache.backends.redis._resp import TOO_LARGE
 from loadercache.backends.serializers import Serializer
 
 __all__ = ["Envelope", "Mismatch", "Opened", "TooLarge", "new_token"]

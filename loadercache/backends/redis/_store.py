@@ -1,8 +1,8 @@
 """The per-process side of the Redis cache: :class:`RedisStore`.
 
 One store per process holds the connection (a
-:class:`~loadercache.backends.redis.link.Link`, or a redis-py client behind a
-:class:`~loadercache.backends.redis.client_link.ClientLink`), the
+:class:`~loadercache.backends.redis._link.Link`, or a redis-py client behind a
+:class:`~loadercache.backends.redis._client_link.ClientLink`), the
 serializer and its envelope, the TTLs, the health of the server and the
 counters, and the state of every namespace in use.  Cache maps reach it
 through a :class:`Tier`, the store's view of one namespace: ``read`` and
@@ -16,7 +16,7 @@ callback: the fresh values of the batches that loaded them, and the
 operations (deletes, primes, new generations) Redis has not confirmed yet.
 A failed read is a batch of misses; a failed write drops its fresh values
 (Redis simply lacks them) and keeps its operations, which are sent again by
-themselves when Redis answers (see :mod:`loadercache.backends.redis.namespace`
+themselves when Redis answers (see :mod:`loadercache.backends.redis._namespace`
 for why a read never waits for them).
 """
 
@@ -45,10 +45,10 @@ from typing import (
     Union,
 )
 
-from loadercache.backends.redis.client_link import ClientLink
-from loadercache.backends.redis.envelope import Envelope, Mismatch, Opened, new_token
-from loadercache.backends.redis.health import Health, RateLimitedLog
-from loadercache.backends.redis.keys import (
+from loadercache.backends.redis._client_link import ClientLink
+from loadercache.backends.redis._envelope import Envelope, Mismatch, Opened, new_token
+from loadercache.backends.redis._health import Health, RateLimitedLog
+from loadercache.backends.redis._keys import (
     check_namespace,
     check_prefix,
     check_version,
@@ -57,26 +57,26 @@ from loadercache.backends.redis.keys import (
     redis_keys,
     short_repr,
 )
-from loadercache.backends.redis.link import Link, RoundTripError, Unusable, parse_url
-from loadercache.backends.redis.namespace import (
+from loadercache.backends.redis._link import Link, RoundTripError, Unusable, parse_url
+from loadercache.backends.redis._namespace import (
     DELETE,
     UNKNOWN,
     Namespace,
     Operation,
     Reading,
 )
-from loadercache.backends.redis.resp import TOO_LARGE, ReplyError
-from loadercache.backends.redis.stats import StoreStats
+from loadercache.backends.redis._resp import TOO_LARGE, ReplyError
+from loadercache.backends.redis._stats import StoreStats
 from loadercache.backends.serializers import MsgpackSerializer, Serializer
 from loadercache.cache import MISS, CacheMap, RemoteTierError
 from loadercache.tracing import redis_span, start_redis_span
 
 if TYPE_CHECKING:
-    from loadercache.backends.redis.cache_map import RedisCacheMap
+    from loadercache.backends.redis._cache_map import RedisCacheMap
 
 __all__ = ["RedisStore", "Tier"]
 
-logger = logging.getLogger("loadercache")
+logger: logging.Logger = logging.getLogger("loadercache")
 
 # Namespaces whose state (the known generation) outlives their cache maps.
 _RECENT_NAMESPACES = 1024
@@ -235,16 +235,18 @@ class RedisStore:
         client_name: Optional[str] = "loadercache",
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.prefix = check_prefix(prefix)
-        self.version = check_version(version)
+        self.prefix: str = check_prefix(prefix)
+        self.version: str = check_version(version)
         self.serializer: Serializer = _serializer(serializer)
-        self.ttl = _seconds("ttl", ttl, none=True)
-        self.negative_ttl = _seconds("negative_ttl", negative_ttl, none=True, zero=True)
-        self.ttl_jitter = _fraction("ttl_jitter", ttl_jitter)
-        self.wait_for_writes = bool(wait_for_writes)
-        self.timeout = _seconds("timeout", timeout, none=True)
+        self.ttl: Optional[float] = _seconds("ttl", ttl, none=True)
+        self.negative_ttl: Optional[float] = _seconds(
+            "negative_ttl", negative_ttl, none=True, zero=True
+        )
+        self.ttl_jitter: float = _fraction("ttl_jitter", ttl_jitter)
+        self.wait_for_writes: bool = bool(wait_for_writes)
+        self.timeout: Optional[float] = _seconds("timeout", timeout, none=True)
         connect_timeout = _seconds("connect_timeout", connect_timeout, none=True)
-        self.max_value_bytes = _count(
+        self.max_value_bytes: Optional[int] = _count(
             "max_value_bytes", max_value_bytes, least=64, none=True
         )
         threshold = _count("breaker_threshold", breaker_threshold, least=1)
@@ -358,7 +360,7 @@ class RedisStore:
         >>> loader = DataLoader(fetch_users, cache_map=store.cache_map(
         ...     f"tenant:{tenant_id}:users", local=LRUCacheMap(maxsize=1000)))
         """
-        from loadercache.backends.redis.cache_map import RedisCacheMap
+        from loadercache.backends.redis._cache_map import RedisCacheMap
 
         return RedisCacheMap(self, namespace, local=local)
 

@@ -8,7 +8,7 @@ Generations (clear_all)
 -----------------------
 Each namespace has a *generation*, a random token stored at its generation key
 (``...:{<namespace>}:gen``); every cached value carries the generation it was
-loaded under (see :mod:`loadercache.backends.redis.envelope`), and a read
+loaded under (see :mod:`loadercache.backends.redis._envelope`), and a read
 fetches the generation in the same ``MGET`` as the values and treats values
 of any other generation as misses.  ``clear_all`` stores a new token: one
 command, O(1), without ``KEYS`` or ``SCAN``, and every process stops reading
@@ -53,7 +53,7 @@ import asyncio
 import enum
 from typing import Any, Dict, Hashable, List, Optional, Set, Tuple, Union
 
-from loadercache.backends.redis.envelope import new_token
+from loadercache.backends.redis._envelope import new_token
 
 __all__ = ["MAX_OPERATIONS", "Namespace", "Operation", "Reading"]
 

@@ -32,7 +32,7 @@ from typing import Callable, Optional
 
 __all__ = ["Breaker", "Health", "RateLimitedLog"]
 
-logger = logging.getLogger("loadercache")
+logger: logging.Logger = logging.getLogger("loadercache")
 
 CLOSED = "closed"
 OPEN = "open"
