@@ -186,7 +186,7 @@ class Parser:
     def feed(self, data: bytes) -> None:
         """Add bytes received from the server."""
         if self._skip:
-            if len(data) <= self._skip:
+            if len(data) < self._skip:
                 self._skip -= len(data)
                 return
             data = data[self._skip :]
