@@ -162,11 +162,17 @@ class Envelope:
         for rkey, raw in zip(rkeys, raws):
             if raw is None:
                 append(miss)
-            elif type(raw) is bytes and raw.startswith(prefix) and len(raw) >= header:
+            elif type(raw) is bytes and raw.startswith(prefix):
+                if len(raw) < header:
+                    # This generation, but too short to hold a signature.
+                    if secret is not None:
+                        opened.forged += 1
+                    else:
+                        opened.corrupt += 1
+                    append(miss)
+                    continue
                 if unpack_crc(raw, 9)[0] != crc32(rkey):
-                    raise Mismatch(
-                        f"the value read at {rkey!r} is bound to another key"
-                    )
+                    raise Mismatch(f"the value at {rkey!r} is bound to another key")
                 if secret is not None and not hmac.compare_digest(
                     raw[_HEADER:header], self._mac(token, rkey, raw[header:])
                 ):

@@ -919,6 +919,7 @@ class Tier:
         except Exception as error:
             stats.errors += 1
             stats.misses += count
+            store._decode_errors(namespace, opened)  # a value of another key
             if isinstance(error, RoundTripError):
                 stats.timeouts += error.reason == "timeout"
                 stats.unusable_replies += error.reason == "unusable"
