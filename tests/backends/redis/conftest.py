@@ -7,7 +7,7 @@ from typing import Iterator
 
 import pytest
 
-from ..redis_servers import KINDS, RedisServer
+from ...redis_servers import KINDS, RedisServer
 
 
 @pytest.fixture(params=KINDS)

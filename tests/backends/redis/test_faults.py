@@ -20,10 +20,16 @@ runs while the fault is injected and after it is healed.  For every fault:
 from __future__ import annotations
 
 import asyncio
+import gc
+import json
 import logging
 import random
+import sys
+import textwrap
 import time
+import tracemalloc
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Dict, List, Tuple
 
 import pytest
@@ -31,8 +37,8 @@ import pytest
 from loadercache import DataLoader
 from loadercache.backends.redis import RedisStore
 
-from ..proxy import Proxy
-from ..redis_servers import RedisServer
+from ...proxy import Proxy
+from ...redis_servers import RedisServer
 
 TIMEOUT = 0.25
 COOLDOWN = 0.5
@@ -405,3 +411,191 @@ async def test_out_of_memory_stops_writes_not_reads(
         harness.report.check()
     finally:
         await harness.close()
+
+
+# -- invalidations across a partition, with another process reading -----------
+
+READER = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    from loadercache import DataLoader
+    from loadercache.backends.redis import RedisStore
+
+    url, db_path = sys.argv[1], sys.argv[2]
+
+    async def main():
+        store = RedisStore(url, timeout=2.0)
+
+        async def batch_load(keys):
+            with open(db_path) as db:
+                rows = json.load(db)
+            return [rows[str(key)] for key in keys]
+
+        for line in sys.stdin:
+            loader = DataLoader(batch_load, cache_map=store.cache_map("users"))
+            value = await loader.load(1)
+            print(json.dumps([value, loader.stats.remote_hits]), flush=True)
+        await store.aclose()
+
+    asyncio.run(main())
+    """
+)
+
+
+class Reader:
+    """Another process reading key 1 of namespace "users" on request."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+
+    @classmethod
+    async def start(cls, url: str, db: Path) -> Reader:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            READER,
+            url,
+            str(db),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        return cls(process)
+
+    async def read(self) -> Tuple[str, int]:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(b"read\n")
+        await self.process.stdin.drain()
+        line = await asyncio.wait_for(self.process.stdout.readline(), 10)
+        value, hits = json.loads(line)
+        return value, hits
+
+    async def stop(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        await asyncio.wait_for(self.process.wait(), 10)
+
+
+async def test_a_clear_made_during_a_partition_reaches_other_processes_after_it(
+    server: RedisServer, tmp_path: Path
+) -> None:
+    db = tmp_path / "db.json"
+    db.write_text(json.dumps({"1": "v1"}))
+    writer = Harness(server)
+    reader = await Reader.start(server.url, db)
+    try:
+
+        async def batch_load(keys: List[int]) -> List[str]:
+            return [json.loads(db.read_text())[str(key)] for key in keys]
+
+        def users() -> DataLoader[int, str]:
+            return DataLoader(batch_load, cache_map=writer.store.cache_map("users"))
+
+        assert await users().load(1) == "v1"
+        await writer.store.flush()
+        assert await reader.read() == ("v1", 1)  # from Redis
+
+        # The writer's link is cut; the row changes and the writer clears it.
+        writer.proxy.blackhole()
+        db.write_text(json.dumps({"1": "v2"}))
+        users().clear(1)
+        await asyncio.wait_for(writer.store.flush(), 5)  # returns: it failed
+        assert writer.store.stats.pending_operations == 1
+        assert await users().load(1) == "v2"  # never the old value here
+
+        # The link is back; the writer does nothing more with the namespace.
+        writer.proxy.heal()
+        healed = time.monotonic()
+        for _ in range(200):
+            value, hits = await reader.read()
+            if value == "v2":
+                break
+            assert time.monotonic() - healed < COOLDOWN + 1.0, "the clear was lost"
+            await asyncio.sleep(0.05)
+        assert value == "v2" and hits == 0
+        assert writer.store.stats.pending_operations == 0
+    finally:
+        await reader.stop()
+        await writer.close()
+
+
+async def test_too_many_clears_in_a_partition_become_a_clear_all(
+    server: RedisServer,
+) -> None:
+    writer = Harness(server, breaker_threshold=1000)
+    other = RedisStore(server.url)
+    try:
+        await writer.warm()
+        writer.proxy.blackhole()
+        loader = DataLoader(
+            writer.batch_load_for("users"), cache_map=writer.store.cache_map("users")
+        )
+        for key in range(2000):
+            loader.clear(key)
+        await asyncio.wait_for(writer.store.flush(), 5)
+        stats = writer.store.stats
+        assert stats.generation_overflows == 0  # per namespace: a new generation
+        assert stats.pending_operations <= 1001
+        writer.proxy.heal()
+        await writer.recovered_within(COOLDOWN + 1.0)
+        calls_before = writer.calls
+
+        async def batch_load(keys: List[int]) -> List[str]:
+            return [expected("users", key) for key in keys]
+
+        # (The writer has reloaded KEYS[:5] since, checking its recovery.)
+        fresh = DataLoader(batch_load, cache_map=other.cache_map("users"))
+        assert await fresh.load_many(KEYS[5:]) == [
+            expected("users", k) for k in KEYS[5:]
+        ]
+        assert fresh.stats.remote_hits == 0  # all cleared, none served stale
+        assert writer.calls == calls_before
+    finally:
+        await other.aclose()
+        await writer.close()
+
+
+# -- memory --------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("redis_up", [True, False], ids=["healthy", "down"])
+async def test_memory_stays_flat_over_many_requests_and_namespaces(
+    tmp_path: Path, redis_up: bool
+) -> None:
+    # The store once kept every namespace that ever had a failed read.  (One
+    # server kind: what is measured is the store's memory.)
+    server = RedisServer(tmp_path)
+    server.start()
+    store = RedisStore(server.url, timeout=1.0)
+    if not redis_up:
+        server.kill()
+
+    async def batch_load(keys: List[int]) -> List[str]:
+        return [str(key) for key in keys]
+
+    async def wave(start: int) -> None:
+        async def request(number: int) -> None:
+            namespace = f"tenant:{number % 20_000}:users"
+            loader = DataLoader(batch_load, cache_map=store.cache_map(namespace))
+            assert await loader.load(number % 7) == str(number % 7)
+
+        await asyncio.gather(*[request(n) for n in range(start, start + 1000)])
+
+    # Traced from the start: what is allocated before and freed after counts.
+    tracemalloc.start()
+    try:
+        for start in range(0, 20_000, 1000):  # every namespace once
+            await wave(start)
+        await store.flush()
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        for start in range(20_000, 200_000, 1000):
+            await wave(start)
+        await store.flush()
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+        await store.aclose()
+        server.kill()
+    assert grown < 64 * 1024, f"{grown} bytes more after 180,000 more requests"

@@ -20,7 +20,7 @@ from redis.asyncio.cluster import RedisCluster
 from loadercache import DataLoader
 from loadercache.backends.redis import RedisStore
 
-from ..redis_servers import RedisServer, recorder, redis_py_clients
+from ...redis_servers import RedisServer, recorder, redis_py_clients
 
 N, B = 120, 6
 

@@ -16,6 +16,7 @@ import logging
 import subprocess
 import sys
 import textwrap
+import tracemalloc
 import uuid
 from typing import Any, AsyncIterator, Callable, Dict, List, Optional
 
@@ -28,8 +29,8 @@ from loadercache.backends import LRUCacheMap
 from loadercache.backends.redis import RedisCacheMap, RedisStore, StoreStats
 from loadercache.backends.serializers import DeserializationError, MsgpackSerializer
 
-from ..helpers import Gate
-from ..redis_servers import (
+from ...helpers import Gate
+from ...redis_servers import (
     delete_prefix,
     random_prefix,
     real_redis_url,
@@ -37,7 +38,7 @@ from ..redis_servers import (
     redis_py_clients,
     valkey_url,
 )
-from .test_serializers import Point, point_serializer
+from ..test_serializers import Point, point_serializer
 
 
 class Env:
@@ -962,3 +963,122 @@ async def test_a_wrong_number_of_values_is_all_misses_and_logged(
     assert any("MGET of 3 keys" in r.getMessage() for r in caplog.records)
     await short.aclose()
     await good.aclose()
+
+
+# -- hostile and unusual data -------------------------------------------------
+
+
+@pytest.mark.parametrize("namespace", ["100%", "x%%y", "%d:%s"])
+async def test_a_percent_in_a_namespace_is_just_a_character(
+    env: Env, namespace: str
+) -> None:
+    db = {5: "old", 6: "six"}
+    batch_load, calls = recorder(db.__getitem__)
+    store = env.store()
+    assert await loader_on(store, batch_load, namespace).load_many([5, 6]) == [
+        "old",
+        "six",
+    ]
+    await store.flush()
+    db[5] = "new"
+    loader_on(store, batch_load, namespace).clear(5)
+    await store.flush()
+    fresh = loader_on(env.store(), batch_load, namespace)
+    assert await fresh.load_many([5, 6]) == ["new", "six"]
+    assert calls == [[5, 6], [5]]
+    assert fresh.stats.remote_hits == 1
+
+
+async def test_nan_cannot_be_a_cache_key(env: Env) -> None:
+    batch_load, calls = recorder()
+    loader = loader_on(env.store(), batch_load)
+    for key in (float("nan"), ("a", float("nan"))):
+        with pytest.raises(TypeError, match="NaN"):
+            loader.load(key)
+    assert calls == []
+
+
+async def test_values_past_max_value_bytes_are_served_not_stored(env: Env) -> None:
+    batch_load, calls = recorder(lambda key: "x" * key)
+    store = env.store(max_value_bytes=1000)
+    assert await loader_on(store, batch_load).load_many([10, 5000]) == [
+        "x" * 10,
+        "x" * 5000,
+    ]
+    await store.flush()
+    assert store.stats.serialization_skips == 1
+    reader = loader_on(env.store(max_value_bytes=1000), batch_load)
+    assert await reader.load_many([10, 5000]) == ["x" * 10, "x" * 5000]
+    assert calls == [[10, 5000], [5000]]
+
+
+async def test_a_huge_stored_value_is_a_miss_read_without_buffering_it(
+    env: Env,
+) -> None:
+    if env.kind != "redis" and env.kind != "valkey":
+        pytest.skip("the store's own connection skips large replies unread")
+    batch_load, calls = recorder()
+    store = env.store(max_value_bytes=4096)
+    await loader_on(store, batch_load).load(1)
+    await store.flush()
+    key = store.redis_key("users", 1)
+    await env.raw.set(key, b"L" + b"\x00" * (16 << 20))  # 16 MiB
+    tracemalloc.start()
+    try:
+        reader = env.store(max_value_bytes=4096)
+        assert await loader_on(reader, batch_load).load(1) == {"id": 1}
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, f"reading it took {peak} bytes at the peak"
+    assert reader.stats.decode_errors == 1
+    assert calls == [[1], [1]]
+
+
+async def test_a_value_copied_to_another_key_is_refused(env: Env) -> None:
+    batch_load, calls = recorder()
+    store = env.store()
+    await loader_on(store, batch_load).load_many([1, 2])
+    await store.flush()
+    # Key 2 now holds key 1's value: its envelope names key 1.
+    await env.raw.set(
+        store.redis_key("users", 2), await env.raw.get(store.redis_key("users", 1))
+    )
+    reader = env.store()
+    assert await loader_on(reader, batch_load).load_many([1, 2]) == [
+        {"id": 1},
+        {"id": 2},
+    ]
+    stats = reader.stats
+    assert (stats.unusable_replies, stats.decode_errors) == (1, 1)
+    assert calls == [[1, 2], [1, 2]]
+
+
+async def test_with_a_secret_only_values_signed_with_it_are_read(env: Env) -> None:
+    batch_load, calls = recorder()
+    secret = b"a secret of thirty-two bytes ok!"
+    signed = env.store(secret=secret)
+    await loader_on(signed, batch_load).load_many([1, 2])
+    await signed.flush()
+    # Readers with the secret hit; with another, or none, they miss.
+    assert await loader_on(env.store(secret=secret), batch_load).load(1) == {"id": 1}
+    assert len(calls) == 1
+    other = env.store(secret=b"another secret, also 32 bytes..")
+    assert await loader_on(other, batch_load).load(1) == {"id": 1}
+    assert other.stats.decode_errors == 1
+    # A value forged by a writer without the secret: a miss.
+    forger = env.store()
+    loader_on(forger, batch_load).clear(2).prime(2, {"id": "forged"})
+    await forger.flush()
+    reader = env.store(secret=secret)
+    assert await loader_on(reader, batch_load).load(2) == {"id": 2}
+    assert reader.stats.decode_errors == 1
+
+
+def test_a_client_needs_redis_py_8_1(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Older async pipelines could keep a connection checked out when a
+    # timeout cancelled them.
+    monkeypatch.setattr(redis, "__version__", "8.0.1")
+    with pytest.raises(TypeError, match=r"redis-py 8\.1 or newer"):
+        RedisStore(fakeredis.FakeAsyncRedis())
+    RedisStore("redis://127.0.0.1:6379/0")  # a URL needs no redis-py
