@@ -212,11 +212,8 @@ class MutableMappingCacheMap(Generic[KT, VT]):
 
     def __init__(self, mapping: MutableMapping[KT, asyncio.Future[VT]]) -> None:
         self.mapping = mapping
-        # Filled through the slots' descriptors, not by assignment: a get or
-        # set a subclass defines stays in force, and its super().get() and
-        # super().set() reach the mapping's.
-        _GET_SLOT.__set__(self, mapping.get)
-        _SET_SLOT.__set__(self, mapping.__setitem__)
+        fill_slot(MutableMappingCacheMap, self, "get", mapping.get)
+        fill_slot(MutableMappingCacheMap, self, "set", mapping.__setitem__)
 
     def delete(self, key: KT) -> None:
         """Forget *key*; a key that is absent is not an error."""
@@ -233,8 +230,18 @@ class MutableMappingCacheMap(Generic[KT, VT]):
         return f"{type(self).__name__}({self.mapping!r})"
 
 
-_GET_SLOT = MutableMappingCacheMap.__dict__["get"]
-_SET_SLOT = MutableMappingCacheMap.__dict__["set"]
+def fill_slot(owner: type, instance: object, name: str, value: object) -> None:
+    """Store *value* in the slot *name* that *owner* declares, on *instance*.
+
+    Through the slot's descriptor, not by assignment: a method of that name
+    defined by a subclass of *owner* stays in force (assignment would shadow
+    nothing, but reading the attribute would find the method), and that
+    method's ``super().name`` reaches the slot.  This is how a cache map binds
+    a C method such as ``dict.get`` as its own ``get``, costing ``load()`` no
+    Python call, while staying open to subclassing.
+    """
+    owner.__dict__[name].__set__(instance, value)
+
 
 _PROTOCOL_METHODS = ("get", "set", "delete", "clear")
 

@@ -24,7 +24,7 @@ from loadercache.backends.redis._keys import (
     short_repr,
 )
 from loadercache.backends.redis._store import RedisStore
-from loadercache.cache import CacheMap, as_cache_map
+from loadercache.cache import CacheMap, as_cache_map, fill_slot
 
 __all__ = ["RedisCacheMap"]
 
@@ -75,11 +75,9 @@ class RedisCacheMap:
         self._local: CacheMap[Any, Any] = as_cache_map(
             local if local is not None else {}
         )
-        # The loader calls get for every load: it is the local tier's own
-        # (bound through the slot's descriptor, not by assignment, so that a
-        # get a subclass defines stays in force and its super().get() reaches
-        # this one).  A key that cannot be stored is refused by set().
-        _GET_SLOT.__set__(self, self._local.get)
+        # The loader calls get for every load: it is the local tier's own.
+        # A key that cannot be stored is refused by set().
+        fill_slot(RedisCacheMap, self, "get", self._local.get)
         self._local_set: Callable[[Hashable, asyncio.Future[Any]], None] = (
             self._local.set
         )
@@ -199,6 +197,3 @@ class RedisCacheMap:
         if rkey is None:
             rkey = redis_keys(self._tier.base, (key,))[0]
         return rkey
-
-
-_GET_SLOT = RedisCacheMap.__dict__["get"]
