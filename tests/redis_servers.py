@@ -184,8 +184,10 @@ class RedisServer:
         kind: str = "redis",
         cluster: bool = False,
         args: Tuple[str, ...] = (),
+        password: Optional[str] = None,
     ) -> None:
         self.kind = kind
+        self.password = password
         self.binary = server_binary(kind)
         self.version = server_version(self.binary)
         self.directory = directory
@@ -228,6 +230,8 @@ class RedisServer:
             config = self.directory / f"nodes-{self.port}.conf"
             args += ["--cluster-enabled", "yes", "--cluster-config-file", str(config)]
         args += list(self.args)
+        if self.password is not None:
+            args += ["--requirepass", self.password]
         self.process = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
@@ -275,7 +279,9 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         """A synchronous client, for the test's own inspection."""
-        return redis.Redis.from_url(self.url, socket_timeout=5.0)
+        return redis.Redis.from_url(
+            self.url, socket_timeout=5.0, password=self.password
+        )
 
     def reset_stats(self) -> None:
         with self.client() as client:

@@ -52,10 +52,12 @@ from typing import (
     Any,
     Callable,
     Deque,
+    Dict,
     Generic,
     List,
     Optional,
     Sequence,
+    Tuple,
     TypeVar,
 )
 from urllib.parse import unquote, urlsplit
@@ -263,6 +265,14 @@ class _Connection(asyncio.Protocol):
     def send(self, requests: List[_Request[Any]]) -> None:
         transport = self.transport
         assert transport is not None
+        lost = self.lost
+        if lost is not None:
+            # Failed already (even during its handshake): nothing it is given
+            # could ever be answered.
+            for request in requests:
+                if not request.future.done():
+                    request.future.set_exception(lost)
+            return
         data = b"".join(
             [encode(command) for request in requests for command in request.commands]
         )
@@ -278,6 +288,7 @@ class _Connection(asyncio.Protocol):
     def check(self, write: _Write) -> None:
         """The timer of a write: give up on Redis only if it sent nothing."""
         if self.lost is not None:
+            self.fail(self.lost)  # fails whatever is still pending on it
             return
         writes = self.writes
         while writes and all(r.future.done() for r in writes[0].requests):
@@ -323,17 +334,31 @@ class _Connection(asyncio.Protocol):
                 request.future.set_exception(error)
 
 
-def _check_hello(replies: List[Any]) -> bool:
-    """True if the server speaks RESP3; False if it refused HELLO (RESP2)."""
+def _check_hello(replies: List[Any]) -> Optional[Dict[str, Any]]:
+    """What the server says of itself if it speaks RESP3; None if it refused
+    HELLO (it speaks RESP2)."""
     (hello,) = replies
     if isinstance(hello, dict):
-        return True
+        return {_text(key): value for key, value in hello.items()}
     if isinstance(hello, ReplyError) and hello.code in ("ERR", "NOPROTO"):
         # "unknown command 'HELLO'" (Redis 5) or no RESP3: speak RESP2.
-        return False
+        return None
     if isinstance(hello, ReplyError):
         raise Unusable(f"HELLO failed: {hello}")
     raise Unusable(f"HELLO answered {hello!r}")
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _version(text: str) -> Tuple[int, ...]:
+    parts = []
+    for part in text.split("."):
+        if not part.isdigit():
+            break
+        parts.append(int(part))
+    return tuple(parts)
 
 
 def _check_all_ok(replies: List[Any]) -> None:
@@ -380,6 +405,10 @@ class Link:
         self.on_connect = on_connect
         self.on_lost = on_lost
         self.resp3 = False
+        # What the server said of itself in HELLO: its name ("redis",
+        # "valkey") and version; ("", ()) before the first connection or
+        # for a server that speaks only RESP2.
+        self.server: Tuple[str, Tuple[int, ...]] = ("", ())
         self.connects = 0
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._connection: Optional[_Connection] = None
@@ -508,6 +537,10 @@ class Link:
         if self._closed:
             connection.fail(RoundTripError("closed", "the store is closed"))
             return
+        if connection.lost is not None:
+            # It failed in its handshake (a reply nobody asked for, say).
+            self._fail_outgoing(connection.lost)
+            return
         self._connection = connection
         self.connects += 1
         if self.on_connect is not None:
@@ -553,7 +586,13 @@ class Link:
             hello += [b"AUTH", address.username or "default", address.password]
         if self.client_name:
             hello += [b"SETNAME", self.client_name]
-        resp3 = await self._call(connection, loop, [hello], _check_hello)
+        info = await self._call(connection, loop, [hello], _check_hello)
+        resp3 = info is not None
+        if info is not None:
+            self.server = (
+                _text(info.get("server", "")).lower(),
+                _version(_text(info.get("version", ""))),
+            )
         setup: List[Command] = []
         if not resp3:
             if address.password is not None:
