@@ -9,6 +9,7 @@ from loadercache._version import __version__
 from loadercache.cache import (
     MISS,
     CacheMap,
+    Leased,
     MutableMappingCacheMap,
     RemoteTier,
     RemoteTierError,
@@ -23,6 +24,7 @@ __all__ = [
     "BatchLoadFn",
     "CacheMap",
     "DataLoader",
+    "Leased",
     "LoaderStats",
     "Loaders",
     "MutableMappingCacheMap",

@@ -59,6 +59,7 @@ from collections.abc import Hashable, MutableMapping
 from typing import (
     TYPE_CHECKING,
     Any,
+    Awaitable,
     Generic,
     Optional,
     Protocol,
@@ -72,6 +73,7 @@ from typing import (
 __all__ = [
     "MISS",
     "CacheMap",
+    "Leased",
     "MutableMappingCacheMap",
     "RemoteTier",
     "RemoteTierError",
@@ -104,6 +106,32 @@ class _Miss:
 
 MISS: Any = _Miss()
 """Returned in :meth:`RemoteTier.get_many` answers for a key the tier does not hold."""
+
+
+class Leased:
+    """A remote tier's answer for a key that another loader is loading now.
+
+    Instead of a value or :data:`MISS`, :meth:`RemoteTier.get_many` may
+    answer ``Leased(awaitable)``: the key is being loaded elsewhere (another
+    process holds its lease), and *awaitable* completes with its value once
+    that load is written back, or with :data:`MISS` if it never is (the other
+    loader failed, or took too long): the loader then loads the key itself,
+    in a batch of its own.  Waiting runs alongside the batch function's call
+    for the batch's other keys.  A tier that never answers ``Leased`` needs
+    nothing of this.
+
+    >>> async def value_later(): return {"id": 7}
+    >>> Leased(value_later())
+    Leased(...)
+    """
+
+    __slots__ = ("awaitable",)
+
+    def __init__(self, awaitable: Awaitable[Any]) -> None:
+        self.awaitable: Awaitable[Any] = awaitable
+
+    def __repr__(self) -> str:
+        return "Leased(...)"
 
 
 class RemoteTierError(Exception):

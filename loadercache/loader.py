@@ -58,6 +58,7 @@ from typing import (
 from loadercache.cache import (
     MISS,
     CacheMap,
+    Leased,
     RemoteTier,
     RemoteTierError,
     as_cache_map,
@@ -671,14 +672,19 @@ class DataLoader(_LoaderCore, Generic[K, V]):
             self._stats.remote_misses += len(cache_keys)
             return keys, cache_keys, futures
         todo: List[int] = []
+        leased: List[int] = []
         for i, value in enumerate(found):
             if value is MISS:
                 todo.append(i)
+            elif type(value) is Leased:
+                leased.append(i)
             elif not futures[i].done():
                 futures[i].set_result(value)
             else:
                 self._forget(cache_keys[i], futures[i])  # cancelled meanwhile
-        self._stats.remote_hits += len(found) - len(todo)
+        for i in leased:
+            self._wait_for(found[i], keys[i], cache_keys[i], futures[i])
+        self._stats.remote_hits += len(found) - len(todo) - len(leased)
         self._stats.remote_misses += len(todo)
         if len(todo) == len(keys):
             return keys, cache_keys, futures
@@ -687,6 +693,55 @@ class DataLoader(_LoaderCore, Generic[K, V]):
             [cache_keys[i] for i in todo],
             [futures[i] for i in todo],
         )
+
+    def _wait_for(
+        self,
+        leased: Leased,
+        key: Any,
+        cache_key: Hashable,
+        future: asyncio.Future[V],
+    ) -> None:
+        """A key another loader is loading: settle its load with that value.
+
+        Alongside this batch's own call of the batch function, not before it.
+        """
+        waiting = asyncio.ensure_future(leased.awaitable, loop=future.get_loop())
+        waiting.add_done_callback(
+            functools.partial(self._leased_done, key, cache_key, future)
+        )
+
+    def _leased_done(
+        self,
+        key: Any,
+        cache_key: Hashable,
+        future: asyncio.Future[V],
+        waiting: asyncio.Future[Any],
+    ) -> None:
+        value = MISS
+        if not waiting.cancelled() and waiting.exception() is None:
+            value = waiting.result()
+        if future.done():
+            self._forget(cache_key, future)  # cancelled by its caller meanwhile
+        elif value is MISS:
+            # The other load failed or took too long: load it here, in a
+            # batch of this loader's own (which asks the tier again).
+            self._stats.remote_misses += 1
+            self._requeue(key, cache_key, future)
+        else:
+            self._stats.remote_hits += 1
+            future.set_result(value)
+
+    def _requeue(
+        self, key: Any, cache_key: Hashable, future: asyncio.Future[V]
+    ) -> None:
+        """Queue a load whose future is in the cache map already."""
+        batch = self._batch
+        if batch is None or batch.closed or len(batch.keys) == self._limit:
+            batch = self._new_batch()
+        if self._key_fn is not None:
+            batch.cache_keys.append(cache_key)
+        batch.keys.append(key)
+        batch.futures.append(future)
 
     async def _write_back(
         self,

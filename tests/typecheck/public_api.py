@@ -11,7 +11,17 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
-from typing import Any, Dict, List, MutableMapping, Optional, Sequence, Tuple, Union
+from typing import (
+    Any,
+    Awaitable,
+    Dict,
+    List,
+    MutableMapping,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
 
 from typing_extensions import assert_type
 
@@ -22,6 +32,7 @@ from loadercache import (
     BatchLoadFn,
     CacheMap,
     DataLoader,
+    Leased,
     Loaders,
     LoaderStats,
     MutableMappingCacheMap,
@@ -168,6 +179,13 @@ class JSONTier:
     def discard(self, key: int, future: asyncio.Future[Any]) -> None:
         if self.local.get(key) is future:
             del self.local[key]
+
+
+def leased_elsewhere() -> Leased:
+    # What a tier answers for a key another loader is loading.
+    answer = Leased(asyncio.sleep(0, result="loaded elsewhere"))
+    assert_type(answer.awaitable, Awaitable[Any])
+    return answer
 
 
 def own_tier() -> DataLoader[int, str]:
