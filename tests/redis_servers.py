@@ -291,8 +291,8 @@ class RedisServer:
         """Calls per command since reset_stats(), from INFO commandstats.
 
         The test's own INFO/CONFIG calls and the connection handshake (HELLO,
-        CLIENT SETNAME/SETINFO, SELECT) are left out: they are per
-        connection, not per round trip.
+        CLIENT SETNAME/SETINFO/TRACKING, SCRIPT LOAD, SELECT) are left out:
+        they are per connection, not per round trip.
         """
         with self.client() as client:
             info = client.info("commandstats")
@@ -301,7 +301,15 @@ class RedisServer:
             for name, fields in info.items()
             if name.startswith("cmdstat_")
         }
-        handshake = ("hello", "client|setinfo", "client|setname", "ping", "select")
+        handshake = (
+            "hello",
+            "client|setinfo",
+            "client|setname",
+            "client|tracking",
+            "script|load",
+            "ping",
+            "select",
+        )
         for name in ("info", "config|resetstat", *handshake):
             calls.pop(name, None)
         return calls

@@ -182,12 +182,15 @@ class RedisCacheMap:
     def discard(self, key: Hashable, future: asyncio.Future[Any]) -> None:
         """Forget the local future of a load that failed or was cancelled.
 
-        Redis is not touched: such a load never wrote anything there.
+        Such a load never wrote anything to Redis; if its batch leased the
+        key, the lease is released at once, so other processes waiting for it
+        load it themselves.
 
         >>> cache_map.discard(1, failed_future)
         """
         if self.get(key) is future:
             self._local.delete(key)
+        self._tier.forget(key, self._encoded)
         self._encoded.pop(key, None)
 
     # -- helpers -------------------------------------------------------------

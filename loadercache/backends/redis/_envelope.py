@@ -41,11 +41,23 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 from loadercache.backends.redis._resp import TOO_LARGE
 from loadercache.backends.serializers import Serializer
 
-__all__ = ["Envelope", "Mismatch", "Opened", "TooLarge", "new_token"]
+__all__ = [
+    "LEASE_SIZE",
+    "Envelope",
+    "LeaseMark",
+    "Mismatch",
+    "Opened",
+    "TooLarge",
+    "lease_marker",
+    "new_token",
+]
 
 TOKEN_SIZE = 8
 _VALUE = b"L"
 _GENERATION = b"G"
+_LEASE = b"?"
+#: A lease: "?" | generation token (8) | holder (8) | nonce (4).
+LEASE_SIZE = 1 + TOKEN_SIZE + 8 + 4
 _CRC = struct.Struct(">I")
 _MAC_SIZE = 16
 _HEADER = 1 + TOKEN_SIZE + _CRC.size
@@ -54,6 +66,25 @@ _HEADER = 1 + TOKEN_SIZE + _CRC.size
 def new_token() -> bytes:
     """A new generation token: 8 random bytes."""
     return os.urandom(TOKEN_SIZE)
+
+
+def lease_marker(token: bytes, holder: bytes, nonce: int) -> bytes:
+    """What a key holds while *holder* has leased it in generation *token*."""
+    return _LEASE + token + holder + (nonce & 0xFFFFFFFF).to_bytes(4, "big")
+
+
+class LeaseMark:
+    """A key that holds a lease of the current generation (in a read's answer)."""
+
+    __slots__ = ("marker",)
+
+    def __init__(self, marker: bytes) -> None:
+        self.marker = marker
+
+    @property
+    def holder(self) -> bytes:
+        """Who holds it: the holder id of the store that leased it."""
+        return self.marker[1 + TOKEN_SIZE : 1 + TOKEN_SIZE + 8]
 
 
 class TooLarge(Exception):
@@ -137,12 +168,16 @@ class Envelope:
         raws: Sequence[Any],
         opened: Opened,
         miss: Any,
+        *,
+        decode: bool = True,
     ) -> List[Any]:
         """The values of *raws* read at *rkeys*; *miss* for each one that is not.
 
         A raw of another generation, or one that does not decode, is *miss*
-        (counted in *opened*); one bound to another key raises
-        :class:`Mismatch`: the reply is not an answer to this read.
+        (counted in *opened*); a lease of this generation is a
+        :class:`LeaseMark`; one bound to another key raises :class:`Mismatch`:
+        the reply is not an answer to this read.  Without *decode*, a value is
+        its serialized payload (its signature checked), not decoded.
         """
         values: List[Any] = []
         append = values.append
@@ -179,6 +214,9 @@ class Envelope:
                     opened.forged += 1
                     append(miss)
                     continue
+                if not decode:
+                    append(raw[header:])
+                    continue
                 try:
                     append(loads(raw[header:]))
                 except Exception:
@@ -189,6 +227,10 @@ class Envelope:
                 append(miss)
             elif type(raw) is bytes and raw[:1] == _VALUE and len(raw) >= _HEADER:
                 append(miss)  # another generation: cleared
+            elif type(raw) is bytes and raw[:1] == _LEASE and len(raw) == LEASE_SIZE:
+                # Being loaded by a store holding its lease; of another
+                # generation, the lease is as cleared as a value.
+                append(LeaseMark(raw) if raw[1:9] == token else miss)
             else:
                 opened.corrupt += 1
                 append(miss)

@@ -97,14 +97,23 @@ class Operation:
 
 
 class Reading:
-    """What one batch read: the generation, and the keys it may write back."""
+    """What one batch read: the generation, the keys it may write back, and the
+    leases it holds on them."""
 
-    __slots__ = ("cleared", "cleared_all", "gen", "keys", "seq")
+    __slots__ = ("cleared", "cleared_all", "gen", "keys", "leases", "seq")
 
-    def __init__(self, gen: Optional[bytes], keys: Dict[Hashable, bytes], seq: int):
+    def __init__(
+        self,
+        gen: Optional[bytes],
+        keys: Dict[Hashable, bytes],
+        seq: int,
+        leases: Optional[Dict[bytes, bytes]] = None,
+    ) -> None:
         self.gen = gen
         self.keys = keys
         self.seq = seq
+        # Redis key -> the lease marker it holds for this batch.
+        self.leases: Dict[bytes, bytes] = leases if leases is not None else {}
         self.cleared: Set[bytes] = set()
         self.cleared_all = False
 

@@ -30,6 +30,14 @@ class StoreStats:
     another format, too large, or failing ``secret=``'s signature): each is a
     miss.
 
+    Leases (see ``RedisStore(leases=...)``): ``leases`` counts keys this store
+    leased before loading them, ``lease_waits`` the loads that waited for a
+    key another process (or request) was loading, ``lease_takeovers`` the
+    waits that ended without its value (its holder failed, died or took too
+    long, and this process loaded the key itself), and ``fenced_refusals``
+    the write-backs Redis refused because the key no longer held this
+    store's lease (a clear or prime by any process replaced it).
+
     ``pending_operations`` is how many clears, primes and clear_alls this
     process has made that Redis has not confirmed yet (they are sent again
     until it does), and ``generation_overflows`` how often pending deletes
@@ -58,6 +66,10 @@ class StoreStats:
     skipped: int = 0
     serialization_skips: int = 0
     decode_errors: int = 0
+    leases: int = 0
+    lease_waits: int = 0
+    lease_takeovers: int = 0
+    fenced_refusals: int = 0
     pending_operations: int = 0
     generation_overflows: int = 0
     connects: int = 0

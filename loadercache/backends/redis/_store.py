@@ -46,7 +46,13 @@ from typing import (
 )
 
 from loadercache.backends.redis._client_link import ClientLink
-from loadercache.backends.redis._envelope import Envelope, Mismatch, Opened, new_token
+from loadercache.backends.redis._envelope import (
+    Envelope,
+    LeaseMark,
+    Mismatch,
+    Opened,
+    new_token,
+)
 from loadercache.backends.redis._health import Health, RateLimitedLog
 from loadercache.backends.redis._keys import (
     check_namespace,
@@ -57,7 +63,14 @@ from loadercache.backends.redis._keys import (
     redis_keys,
     short_repr,
 )
-from loadercache.backends.redis._link import Link, RoundTripError, Unusable, parse_url
+from loadercache.backends.redis._leases import LeaseFailure, LeaseRefused, Leases
+from loadercache.backends.redis._link import (
+    Command,
+    Link,
+    RoundTripError,
+    Unusable,
+    parse_url,
+)
 from loadercache.backends.redis._namespace import (
     DELETE,
     UNKNOWN,
@@ -66,9 +79,16 @@ from loadercache.backends.redis._namespace import (
     Reading,
 )
 from loadercache.backends.redis._resp import TOO_LARGE, ReplyError
+from loadercache.backends.redis._scripts import (
+    ACQUIRE,
+    FENCED_SET,
+    RELEASE,
+    RENEW,
+    is_noscript,
+)
 from loadercache.backends.redis._stats import StoreStats
 from loadercache.backends.serializers import MsgpackSerializer, Serializer
-from loadercache.cache import MISS, CacheMap, RemoteTierError
+from loadercache.cache import MISS, CacheMap, Leased, RemoteTierError
 from loadercache.tracing import redis_span, start_redis_span
 
 if TYPE_CHECKING:
@@ -231,6 +251,9 @@ class RedisStore:
         breaker_cooldown: float = 10.0,
         max_value_bytes: Optional[int] = 1 << 20,
         secret: Union[bytes, str, None] = None,
+        leases: bool = True,
+        lease_ttl: float = 2.0,
+        lease_wait: float = 10.0,
         ssl: Any = None,
         client_name: Optional[str] = "loadercache",
         timer: Callable[[], float] = time.monotonic,
@@ -253,6 +276,15 @@ class RedisStore:
         cooldown = _seconds("breaker_cooldown", breaker_cooldown, zero=True)
         self._envelope = Envelope(
             self.serializer, secret=_secret(secret), max_bytes=self.max_value_bytes
+        )
+        lease_ttl = _seconds("lease_ttl", lease_ttl) or 2.0
+        lease_wait = _seconds("lease_wait", lease_wait, zero=True) or 0.0
+        # Leases need the store's own connection: waits are woken by RESP3
+        # invalidation pushes (see _leases).
+        self._leases: Optional[Leases] = (
+            Leases(self, ttl=lease_ttl, wait=lease_wait)
+            if leases and isinstance(client_or_url, str)
+            else None
         )
         self._link: Union[Link, ClientLink] = self._make_link(
             client_or_url, connect_timeout, ssl, client_name
@@ -295,6 +327,7 @@ class RedisStore:
         client_name: Optional[str],
     ) -> Union[Link, ClientLink]:
         if isinstance(client_or_url, str):
+            leases = self._leases
             return Link(
                 parse_url(client_or_url, ssl),
                 timeout=self.timeout,
@@ -302,6 +335,10 @@ class RedisStore:
                 # A value past the limit is skipped as it arrives, unread.
                 max_bulk=self._envelope.max_reply,
                 client_name=client_name,
+                handshake=self._handshake if leases is not None else None,
+                on_push=leases.pushed if leases is not None else None,
+                on_connect=leases.reconnected if leases is not None else None,
+                on_lost=leases.lost if leases is not None else None,
             )
         if not callable(getattr(client_or_url, "pipeline", None)):
             raise TypeError(
@@ -324,6 +361,29 @@ class RedisStore:
 
     def __repr__(self) -> str:
         return f"<RedisStore prefix={self.prefix!r} version={self.version!r}>"
+
+    def _handshake(self, resp3: bool) -> List[Command]:
+        """What a new connection sends first, when the store leases keys:
+        client tracking, for the invalidations that wake waits, and the
+        scripts, so that they are known before the first EVALSHA."""
+        if not resp3:
+            return []  # no pushes: leases are off (see _leasing)
+        return [
+            (b"CLIENT", b"TRACKING", b"ON", b"OPTIN"),
+            *[(b"SCRIPT", b"LOAD", script.source) for script in _SCRIPTS],
+        ]
+
+    def _leasing(self) -> bool:
+        """Whether reads lease their misses now: leases on, and a connection
+        that can deliver the pushes that wake waits."""
+        return self._leases is not None and self._link.resp3
+
+    def _native_fencing(self) -> bool:
+        """Whether the server has SET ... IFEQ (Valkey 8.1, Redis 8.4)."""
+        name, version = getattr(self._link, "server", ("", ()))
+        return (name == "valkey" and version >= (8, 1)) or (
+            name == "redis" and version >= (8, 4)
+        )
 
     async def __aenter__(self) -> RedisStore:
         return self
@@ -405,6 +465,8 @@ class RedisStore:
         >>> await store.aclose()
         """
         await self.flush()
+        if self._leases is not None:
+            await self._leases.close()
         for handle in (self._send_handle, self._retry_handle):
             if handle is not None:
                 handle.cancel()
@@ -612,17 +674,34 @@ class RedisStore:
             commands.append(
                 _set(rkey, envelope.seal(prime_tag, rkey, op.payload), op.px)
             )
+        native = self._native_fencing()
+        fenced_keys: List[bytes] = []
+        fenced_args: List[Any] = []
         for entry, entry_tag in zip(fresh, tags):
             token = entry_tag or part.creating
             assert token is not None
-            part.fresh.append(len(commands))
-            commands.append(
-                _set(
-                    entry.rkey,
-                    envelope.seal(token, entry.rkey, entry.payload),
-                    entry.px,
+            sealed = envelope.seal(token, entry.rkey, entry.payload)
+            if entry.lease is None:
+                part.fresh.append(len(commands))
+                commands.append(_set(entry.rkey, sealed, entry.px))
+            elif native:
+                trip.leases.append((entry.rkey, entry.lease))
+                # Stored only if the key still holds this load's lease.
+                part.fenced.append(len(commands))
+                commands.append(
+                    (b"SET", entry.rkey, sealed, b"IFEQ", entry.lease, *_px(entry.px))
                 )
-            )
+            else:
+                trip.leases.append((entry.rkey, entry.lease))
+                fenced_keys.append(entry.rkey)
+                fenced_args += [
+                    entry.lease,
+                    sealed,
+                    b"" if entry.px is None else entry.px,
+                ]
+        if fenced_keys:
+            part.fenced_script = len(commands)
+            commands.append(FENCED_SET.command(fenced_keys, fenced_args))
         if (primes or fresh) and gen_px is not None:
             commands.append((b"PEXPIRE", gen_key, gen_px))
         part.end = len(commands)
@@ -663,6 +742,10 @@ class RedisStore:
         if refused is not None:
             stats.write_errors += 1
             health.failed(health.writes, trip.ticket, refused)
+            if trip.leases and self._leases is not None:
+                # Fenced writes Redis refused leave their leases: free them.
+                # (One that was stored holds a value now, and stays.)
+                self._leases.unwritten(trip.leases)
             self._last_trip_failed = True
             self._schedule_retry()
         else:
@@ -685,7 +768,13 @@ class RedisStore:
         namespace = part.namespace
         stats = self._stats
         refused = next(
-            (r for r in replies[part.start : part.end] if isinstance(r, ReplyError)),
+            (
+                r
+                for r in replies[part.start : part.end]
+                # A server that lost the scripts (SCRIPT FLUSH) refused
+                # nothing: the fenced values are simply not written.
+                if isinstance(r, ReplyError) and not is_noscript(r)
+            ),
             None,
         )
         if part.new_gen is not None:
@@ -730,6 +819,16 @@ class RedisStore:
         stats.written_keys += sum(
             not isinstance(replies[position], ReplyError) for position in part.fresh
         )
+        for position in part.fenced:
+            if _is_ok(replies[position]):
+                stats.written_keys += 1
+            elif not isinstance(replies[position], ReplyError):
+                stats.fenced_refusals += 1
+        if part.fenced_script is not None:
+            stored = replies[part.fenced_script]
+            if isinstance(stored, list):
+                stats.written_keys += sum(1 for flag in stored if flag == 1)
+                stats.fenced_refusals += sum(1 for flag in stored if flag != 1)
         namespace.confirmed(confirmed)
         namespace.returned(returned)
         if not namespace.has_unconfirmed():
@@ -743,12 +842,14 @@ class RedisStore:
             namespace.gen_returned(trip.number)
             if part.learn is not None:
                 namespace.learning = None
+        if trip.leases and self._leases is not None:
+            self._leases.unwritten(trip.leases)
 
 
 class _Fresh:
     """A freshly loaded value on its way to Redis."""
 
-    __slots__ = ("namespace", "payload", "px", "reading", "rkey")
+    __slots__ = ("lease", "namespace", "payload", "px", "reading", "rkey")
 
     def __init__(
         self,
@@ -757,12 +858,15 @@ class _Fresh:
         rkey: bytes,
         payload: bytes,
         px: Optional[int],
+        lease: Optional[bytes],
     ) -> None:
         self.namespace = namespace
         self.reading = reading
         self.rkey = rkey
         self.payload = payload
         self.px = px
+        # The lease the key holds for this load: written only if it still does.
+        self.lease = lease
 
 
 class _Part:
@@ -773,6 +877,8 @@ class _Part:
         "creating",
         "deletes",
         "end",
+        "fenced",
+        "fenced_script",
         "fresh",
         "learn",
         "namespace",
@@ -796,6 +902,10 @@ class _Part:
         self.deletes: Optional[int] = None
         self.primes: List[int] = []
         self.fresh: List[int] = []
+        # Fresh values fenced by their lease: SET ... IFEQ commands, or one
+        # FENCED_SET script for them all.
+        self.fenced: List[int] = []
+        self.fenced_script: Optional[int] = None
         # The token a SET NX creates, and the operations taken.
         self.creating: Optional[bytes] = None
         self.taken: List[Tuple[bytes, Operation]] = []
@@ -804,7 +914,16 @@ class _Part:
 class _Trip:
     """One write round trip: its commands, and each namespace's part of them."""
 
-    __slots__ = ("carrier", "commands", "keys", "number", "parts", "stores", "ticket")
+    __slots__ = (
+        "carrier",
+        "commands",
+        "keys",
+        "leases",
+        "number",
+        "parts",
+        "stores",
+        "ticket",
+    )
 
     def __init__(
         self, number: int, ticket: int, carrier: Optional[asyncio.Future[None]]
@@ -817,6 +936,11 @@ class _Trip:
         self.keys = 0
         # Whether it stores anything (a value, a prime or a generation).
         self.stores = False
+        # The (key, lease) of its fenced writes.
+        self.leases: List[Tuple[bytes, bytes]] = []
+
+
+_SCRIPTS = (ACQUIRE, FENCED_SET, RELEASE, RENEW)
 
 
 def _px(px: Optional[int]) -> Tuple[Any, ...]:
@@ -847,9 +971,14 @@ def _check(trip: _Trip, replies: List[Any]) -> List[Any]:
                 continue
             name = trip.commands[position][0]
             if name == b"SET":
-                nx = position == part.create
-                if not (_is_ok(reply) or (nx and reply in (None, False))):
+                conditional = position == part.create or position in part.fenced
+                if not (_is_ok(reply) or (conditional and reply in (None, False))):
                     raise Unusable(f"SET answered {short_repr(reply)}")
+            elif name in (b"EVALSHA", b"EVAL"):
+                if not isinstance(reply, list) or any(
+                    flag not in (0, 1) for flag in reply
+                ):
+                    raise Unusable(f"the fenced write answered {short_repr(reply)}")
             elif name in (b"DEL", b"PEXPIRE"):
                 if not _is_int(reply):
                     raise Unusable(f"{name.decode()} answered {short_repr(reply)}")
@@ -898,7 +1027,7 @@ class Tier:
         if namespace.new_gen is not None:
             # A clear_all Redis has not confirmed: nothing stored is current.
             stats.misses += count
-            self._remember(namespace.new_gen, keys, rkeys, 0)
+            self._remember(namespace.new_gen, keys, rkeys, 0, {})
             return [MISS] * count
         health = store._health
         ticket = health.reads.allow()
@@ -932,17 +1061,104 @@ class Tier:
         stats.reads += 1
         store._decode_errors(namespace, opened)
         namespace.read_answered(seq, gen)
+        leases: Dict[bytes, bytes] = {}
+        if store._leasing():
+            gen = await self._lease(values, rkeys, gen, leases, opened)
+        else:
+            for i, value in enumerate(values):
+                if type(value) is LeaseMark:
+                    values[i] = MISS  # leased by a store that waits; this one loads
         missed = [i for i, value in enumerate(values) if value is MISS]
-        stats.hits += count - len(missed)
-        stats.misses += len(missed)
+        waits = sum(type(value) is Leased for value in values)
+        stats.hits += count - len(missed) - waits
+        stats.misses += len(missed) + waits
         if missed:
             self._remember(
-                gen, [keys[i] for i in missed], [rkeys[i] for i in missed], seq
+                gen,
+                [keys[i] for i in missed],
+                [rkeys[i] for i in missed],
+                seq,
+                leases,
             )
+        elif leases:
+            store._leases.release(list(leases))  # type: ignore[union-attr]
         if store._dirty:
             # Redis answers: whatever it owes, send now.
             store._schedule_send()
         return values
+
+    async def _lease(
+        self,
+        values: List[Any],
+        rkeys: List[bytes],
+        gen: Optional[bytes],
+        leases: Dict[bytes, bytes],
+        opened: Opened,
+    ) -> Optional[bytes]:
+        """Lease the missed keys, and wait for the keys others are loading.
+
+        Changes *values* in place (a key leased elsewhere becomes a Leased
+        answer, one filled meanwhile its value), fills *leases* with the keys
+        leased now, and returns the generation their values go under.
+        """
+        store = self.store
+        registry = store._leases
+        assert registry is not None
+        namespace = self.namespace
+        missed = []
+        for i, value in enumerate(values):
+            if value is MISS:
+                missed.append(i)
+            elif type(value) is LeaseMark:
+                values[i] = self._wait(rkeys[i], value)
+        if not missed:
+            return gen
+        writes = store._health.writes
+        ticket = writes.allow()
+        if ticket is None:
+            return gen  # no writes now: load them unleased (and unwritten)
+        try:
+            gen, answers = await registry.acquire(
+                namespace, [rkeys[i] for i in missed], opened
+            )
+        except LeaseFailure as error:
+            if isinstance(error, LeaseRefused):
+                store._stats.write_errors += 1  # out of memory, say
+            else:
+                store._stats.errors += 1
+            store._health.failed(writes, ticket, error)
+            return gen
+        except BaseException:
+            store._health.abandoned(writes, ticket)
+            raise
+        if None in answers:
+            store._health.succeeded(writes, ticket)
+        else:
+            # Nothing was leased, so nothing written: a server out of memory
+            # runs such a script too, which proves nothing about writing.
+            store._health.abandoned(writes, ticket)
+        for i, answer in zip(missed, answers):
+            if answer is None:
+                marker = registry.marker(rkeys[i])
+                if marker is not None:
+                    leases[rkeys[i]] = marker
+            elif type(answer) is LeaseMark:
+                values[i] = self._wait(rkeys[i], answer)
+            else:
+                values[i] = answer  # filled meanwhile, or MISS (undecodable)
+        return gen
+
+    def _wait(self, rkey: bytes, mark: LeaseMark) -> Any:
+        """The answer for a key another loader is loading: a Leased value."""
+        store = self.store
+        registry = store._leases
+        assert registry is not None
+        future = None
+        if mark.holder == registry.holder:
+            future = registry.wait_local(rkey)  # a load of this process
+        if future is None:
+            future = registry.wait_remote(self.namespace, rkey)
+        return Leased(_decoded(future, store.serializer.loads))
 
     def _remember(
         self,
@@ -950,14 +1166,30 @@ class Tier:
         keys: Sequence[Hashable],
         rkeys: Sequence[bytes],
         seq: int,
+        leases: Dict[bytes, bytes],
     ) -> None:
-        # The generation and keys the batch may write back; forgotten when
-        # its task ends, whatever happens to it.
+        # The generation and keys the batch may write back, and its leases;
+        # forgotten when its task ends, whatever happens to it, and the
+        # leases it has not written by then are released.
         task = asyncio.current_task()
         readings = self.namespace.readings
-        readings[task] = Reading(gen, dict(zip(keys, rkeys)), seq)
+        reading = Reading(gen, dict(zip(keys, rkeys)), seq, leases)
+        readings[task] = reading
         if task is not None:
-            task.add_done_callback(functools.partial(_forget_reading, readings))
+            task.add_done_callback(
+                functools.partial(_forget_reading, readings, self.store._leases)
+            )
+
+    def forget(self, key: Hashable, encoded: Dict[Hashable, bytes]) -> None:
+        """A load of *key* failed or was cancelled: release its lease, if any."""
+        reading = self.namespace.readings.get(asyncio.current_task())
+        if reading is None or not reading.leases:
+            return
+        rkey = reading.keys.get(key)
+        if rkey is not None and reading.leases.pop(rkey, None) is not None:
+            registry = self.store._leases
+            if registry is not None:
+                registry.release([rkey])
 
     async def write(
         self, items: Sequence[Tuple[Hashable, Any]], encoded: Dict[Hashable, bytes]
@@ -974,6 +1206,7 @@ class Tier:
             # was cleared since: these values may predate the clear.
             return
         store = self.store
+        registry = store._leases
         queued = False
         for cache_key, value in items:
             rkey = reading.keys.get(cache_key)
@@ -981,12 +1214,24 @@ class Tier:
                 rkey = encoded.pop(cache_key, None) or redis_key(
                     namespace.base, cache_key
                 )
+            lease = reading.leases.pop(rkey, None)
             if rkey in reading.cleared:
+                if lease is not None and registry is not None:
+                    registry.release([rkey])
                 continue
             entry = store._payload(value)
-            if entry is not None:
-                store._fresh.append(_Fresh(namespace, reading, rkey, *entry))
-                queued = True
+            if entry is None:
+                if lease is not None and registry is not None:
+                    registry.release([rkey])
+                continue
+            if lease is not None and registry is not None:
+                registry.filled(rkey, entry[0])
+            store._fresh.append(_Fresh(namespace, reading, rkey, *entry, lease))
+            queued = True
+        if reading.leases and registry is not None:
+            # Keys whose loads did not give a value to store (an exception).
+            registry.release(list(reading.leases))
+            reading.leases.clear()
         if not queued:
             return
         store._schedule_send()
@@ -1015,9 +1260,41 @@ class Tier:
 
 
 def _forget_reading(
-    readings: Dict[Optional[asyncio.Task[Any]], Reading], task: asyncio.Task[Any]
+    readings: Dict[Optional[asyncio.Task[Any]], Reading],
+    registry: Optional[Leases],
+    task: asyncio.Task[Any],
 ) -> None:
-    readings.pop(task, None)
+    reading = readings.pop(task, None)
+    if reading is not None and reading.leases and registry is not None:
+        registry.release(list(reading.leases))
+
+
+def _decoded(
+    future: asyncio.Future[Any], loads: Callable[[bytes], Any]
+) -> asyncio.Future[Any]:
+    """A future of the value whose payload *future* gives (MISS for None).
+
+    One per waiter: each request decodes its own copy of the value.
+    """
+    value: asyncio.Future[Any] = future.get_loop().create_future()
+
+    def done(payload_future: asyncio.Future[Any]) -> None:
+        if value.done():
+            return
+        if payload_future.cancelled():
+            value.set_result(MISS)
+            return
+        payload = payload_future.result()
+        if payload is None:
+            value.set_result(MISS)
+            return
+        try:
+            value.set_result(loads(payload))
+        except Exception:
+            value.set_result(MISS)
+
+    future.add_done_callback(done)
+    return value
 
 
 def _parse_read(

@@ -1,0 +1,301 @@
+"""Fleet-wide single flight: leases on misses, waits, fenced write-back.
+
+The fleet's processes are real subprocesses (``fleet.py``) against a server
+the test starts (Redis 7, whose fenced write is a Lua script, and Valkey 9,
+whose is ``SET ... IFEQ``), sharing a "database" file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, Dict, List
+
+import pytest
+
+from loadercache import DataLoader
+from loadercache.backends.redis import RedisStore
+
+from ...redis_servers import RedisServer
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+class Process:
+    """One process of the fleet, driven through its stdin."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+
+    @classmethod
+    async def start(cls, url: str, db: Path, *options: str) -> Process:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.backends.redis.fleet",
+            url,
+            str(db),
+            *options,
+            cwd=ROOT,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        return cls(process)
+
+    async def send(self, line: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(line.encode() + b"\n")
+        await self.process.stdin.drain()
+
+    async def answer(self, timeout: float = 30) -> Any:
+        assert self.process.stdout is not None
+        line = await asyncio.wait_for(self.process.stdout.readline(), timeout)
+        assert line, "the process died"
+        return json.loads(line)
+
+    async def __call__(self, line: str) -> Any:
+        await self.send(line)
+        return await self.answer()
+
+    def kill(self) -> None:
+        os.kill(self.process.pid, signal.SIGKILL)
+
+    async def stop(self) -> None:
+        if self.process.returncode is None:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                await self.send("quit")
+            try:
+                await asyncio.wait_for(self.process.wait(), 10)
+            except asyncio.TimeoutError:
+                self.kill()
+                await self.process.wait()
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    path = tmp_path / "db.json"
+    path.write_text(json.dumps({f"k{i}": f"v{i}" for i in range(1000)}))
+    return path
+
+
+@pytest.fixture
+async def fleet(server: RedisServer, db: Path) -> AsyncIterator[Callable[..., Any]]:
+    processes: List[Process] = []
+
+    async def start(*options: str) -> Process:
+        process = await Process.start(server.url, db, *options)
+        processes.append(process)
+        return process
+
+    try:
+        yield start
+    finally:
+        for process in processes:
+            await process.stop()
+
+
+def set_row(db: Path, key: str, value: Any) -> None:
+    rows = json.loads(db.read_text())
+    rows[key] = value
+    db.write_text(json.dumps(rows))
+
+
+async def wait_for_file(path: Path, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        await asyncio.sleep(0.01)
+
+
+KEYS = [f"k{i}" for i in range(200)]
+
+
+async def test_a_fleet_missing_the_same_keys_loads_each_once(
+    fleet: Callable[..., Any],
+) -> None:
+    processes = [await fleet() for _ in range(4)]
+    line = f"load users {','.join(KEYS)} 8"  # 4 processes x 8 requests
+    for process in processes:
+        await process.send(line)
+    for process in processes:
+        assert await process.answer() == [f"v{i}" for i in range(200)]
+    loaded = [key for process in processes for key in await process("calls")]
+    assert sorted(loaded) == sorted(KEYS)  # each key once across the fleet
+
+
+async def test_without_leases_the_fleet_loads_keys_again_and_again(
+    fleet: Callable[..., Any],
+) -> None:
+    # What leases are for: the same workload, leases off.
+    processes = [await fleet("--no-leases") for _ in range(4)]
+    for process in processes:
+        await process.send(f"load users {','.join(KEYS)} 8")
+    for process in processes:
+        await process.answer()
+    loaded = [key for process in processes for key in await process("calls")]
+    assert len(loaded) > len(KEYS)
+
+
+async def test_a_write_back_older_than_a_clear_elsewhere_is_refused(
+    fleet: Callable[..., Any], db: Path, tmp_path: Path
+) -> None:
+    started = tmp_path / "started"
+    slow = await fleet("--delay", "0.5", "--started", str(started))
+    other, reader = await fleet(), await fleet()
+    await slow.send("load users k1")
+    await wait_for_file(started)  # the slow process has read the old row
+    set_row(db, "k1", "new")
+    assert await other("clear users k1") is True  # and flushed
+    assert await slow.answer() == ["v1"]  # its own request's view
+    await asyncio.sleep(0.2)  # its write-back, had it been let through
+    assert await reader("load users k1") == ["new"]
+    assert (await slow("stats"))["fenced_refusals"] == 1
+
+
+async def test_a_prime_is_never_lost_to_a_racing_load(
+    fleet: Callable[..., Any], db: Path, tmp_path: Path
+) -> None:
+    started = tmp_path / "started"
+    slow = await fleet("--delay", "0.5", "--started", str(started))
+    other, reader = await fleet(), await fleet()
+    await slow.send("load users k2")
+    await wait_for_file(started)
+    assert await other('prime users k2 "primed"') is True
+    assert await slow.answer() == ["v2"]
+    await asyncio.sleep(0.2)
+    assert await reader("load users k2") == ["primed"]
+    assert await reader("calls") == []  # served by Redis
+
+
+async def test_a_killed_holder_is_taken_over_when_its_lease_expires(
+    server: RedisServer, fleet: Callable[..., Any], tmp_path: Path
+) -> None:
+    started = tmp_path / "started"
+    holder = await fleet(
+        "--delay", "60", "--started", str(started), "--lease-ttl", "0.5"
+    )
+    await holder.send("load users k3,k4")
+    await wait_for_file(started)  # it holds the leases of k3 and k4
+
+    async def batch_load(keys: List[str]) -> List[str]:
+        return [f"taken {key}" for key in keys]
+
+    store = RedisStore(server.url, lease_ttl=0.5)
+    try:
+        loader = DataLoader(batch_load, cache_map=store.cache_map("users"))
+        loads = loader.load_many(["k3", "k4"])
+        await asyncio.sleep(0.8)  # alive, it renews its leases: nobody loads
+        assert not loads.done()
+        assert store.stats.lease_waits == 2
+        holder.kill()
+        killed = time.monotonic()
+        assert await asyncio.wait_for(loads, 5) == ["taken k3", "taken k4"]
+        resumed = time.monotonic() - killed
+        # The lease's TTL after its last renewal, and Redis's expiry cycle.
+        assert resumed < 0.5 + 0.5, f"took over {resumed:.2f} s after the kill"
+        assert store.stats.lease_takeovers == 2
+    finally:
+        await store.aclose()
+
+
+async def test_a_failed_batch_frees_its_keys_at_once(
+    server: RedisServer,
+) -> None:
+    gate = asyncio.Event()
+
+    async def failing(keys: List[int]) -> List[Any]:
+        await gate.wait()
+        raise RuntimeError("the database is down")
+
+    async def working(keys: List[int]) -> List[str]:
+        return [f"v{key}" for key in keys]
+
+    first = RedisStore(server.url, lease_ttl=30)  # no waiting out its lease
+    second = RedisStore(server.url, lease_ttl=30)
+    try:
+        doomed = DataLoader(failing, cache_map=first.cache_map("users")).load(1)
+        await asyncio.sleep(0.1)
+        waiting = DataLoader(working, cache_map=second.cache_map("users")).load(1)
+        await asyncio.sleep(0.1)
+        assert second.stats.lease_waits == 1 and not waiting.done()
+        gate.set()
+        with pytest.raises(RuntimeError):
+            await doomed
+        started = time.monotonic()
+        assert await asyncio.wait_for(waiting, 5) == "v1"
+        assert time.monotonic() - started < 1
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
+async def test_requests_of_one_process_missing_a_key_share_one_load(
+    server: RedisServer,
+) -> None:
+    calls: List[List[int]] = []
+    gate = asyncio.Event()
+
+    async def batch_load(keys: List[int]) -> List[str]:
+        calls.append(list(keys))
+        await gate.wait()
+        return [f"v{key}" for key in keys]
+
+    store = RedisStore(server.url)
+    try:
+        loads = [
+            DataLoader(batch_load, cache_map=store.cache_map("users")).load_many([1, 2])
+            for _ in range(20)
+        ]
+        await asyncio.sleep(0.1)
+        gate.set()
+        results = await asyncio.wait_for(asyncio.gather(*loads), 5)
+        assert results == [["v1", "v2"]] * 20
+        assert calls == [[1, 2]]
+        # Each request got its own copy of the value.
+        assert store.stats.lease_waits == 38
+    finally:
+        await store.aclose()
+
+
+async def test_redis_restarted_mid_lease_loses_nothing_and_hangs_nothing(
+    server: RedisServer,
+) -> None:
+    gate = asyncio.Event()
+
+    async def slow(keys: List[int]) -> List[str]:
+        await gate.wait()
+        return [f"slow {key}" for key in keys]
+
+    async def quick(keys: List[int]) -> List[str]:
+        return [f"quick {key}" for key in keys]
+
+    holder = RedisStore(server.url, breaker_cooldown=0.2)
+    waiter = RedisStore(server.url, breaker_cooldown=0.2)
+    try:
+        held = DataLoader(slow, cache_map=holder.cache_map("users")).load(5)
+        await asyncio.sleep(0.1)
+        waiting = DataLoader(quick, cache_map=waiter.cache_map("users")).load(5)
+        await asyncio.sleep(0.1)
+        server.kill()
+        server.start()  # empty: the lease is gone with it
+        assert await asyncio.wait_for(waiting, 5) == "quick 5"
+        gate.set()
+        assert await asyncio.wait_for(held, 5) == "slow 5"
+        await holder.flush()
+        # The holder's write-back found no lease: refused, not written.
+        check = DataLoader(quick, cache_map=waiter.cache_map("users"))
+        await asyncio.sleep(0.3)  # the breaker's cooldown
+        assert await asyncio.wait_for(check.load(5), 5) in ("quick 5",)
+    finally:
+        await holder.aclose()
+        await waiter.aclose()
+
+
+def stats_of(store: RedisStore) -> Dict[str, Any]:
+    return store.stats.as_dict()
