@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
+import unittest.mock
 from typing import Any, Awaitable, Callable, Dict, List, Sequence, Tuple, TypeVar
 
 import pytest
@@ -148,12 +149,40 @@ async def _async_batch(keys: List[int]) -> List[int]:
 
 @pytest.mark.parametrize(
     "batch_load_fn",
-    [_sync_batch, lambda keys: _async_batch(keys), 42],
-    ids=["def", "lambda returning a coroutine", "not callable"],
+    [
+        lambda keys: _async_batch(keys),
+        unittest.mock.Mock(side_effect=_async_batch),
+        functools.partial(lambda keys: _async_batch(keys)),
+    ],
+    ids=["lambda returning a coroutine", "Mock(side_effect=async_fn)", "partial"],
 )
-def test_batch_load_fn_that_is_not_async_is_refused(batch_load_fn: Any) -> None:
-    with pytest.raises(TypeError, match="async function"):
-        DataLoader(batch_load_fn)
+async def test_any_callable_returning_an_awaitable_is_accepted(
+    batch_load_fn: Any,
+) -> None:
+    loader = DataLoader(batch_load_fn)
+    assert await loader.load_many([1, 2]) == [1, 2]
+
+
+async def test_a_batch_function_returning_no_awaitable_rejects_its_batch() -> None:
+    loader = DataLoader(_sync_batch)
+    results = await loader.load_many([1, 2], return_exceptions=True)
+    assert isinstance(results[0], TypeError) and results[0] is results[1]
+    assert "returned [1, 2], which is not awaitable" in str(results[0])
+    # A failed batch caches nothing.
+    assert loader.stats.failed_batches == 1
+
+
+def test_batch_load_fn_that_is_not_callable_is_refused() -> None:
+    with pytest.raises(TypeError, match=r"async function .* but got 42"):
+        DataLoader(42)  # type: ignore[arg-type]
+
+
+def test_a_loader_built_from_functions_exposes_them_as_aiodataloader_does() -> None:
+    loader = DataLoader(_async_batch)
+    assert loader.batch_load_fn is _async_batch
+    assert loader.get_cache_key(7) == 7
+    keyed = DataLoader(_async_batch, get_cache_key=str)
+    assert keyed.get_cache_key is str
 
 
 def test_missing_batch_load_fn_is_refused() -> None:
@@ -452,8 +481,18 @@ async def test_load_many_raises_the_first_failure_or_returns_exceptions(
 @pytest.mark.parametrize("keys", ["abc", b"abc", 42])
 async def test_load_many_refuses_a_string_or_a_non_iterable(keys: Any) -> None:
     loader, _ = identity_loader()
-    with pytest.raises(TypeError, match="iterable of keys"):
+    with pytest.raises(TypeError, match="must be called with Iterable<key> but got"):
         loader.load_many(keys)
+
+
+async def test_load_many_of_none_says_what_aiodataloader_says() -> None:
+    loader, _ = identity_loader()
+    with pytest.raises(TypeError) as raised:
+        loader.load_many(None)  # type: ignore[arg-type]
+    assert str(raised.value) == (
+        "The loader.load_many() function must be called with Iterable<key> "
+        "but got: None."
+    )
 
 
 async def test_clear_clear_all_and_prime_chain(
