@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import sys
 import threading
 import unittest.mock
 from typing import Any, Awaitable, Callable, Dict, List, Sequence, Tuple, TypeVar
@@ -1319,3 +1320,194 @@ async def test_stats_count_loads_hits_and_batches(
         "max_batch": 2,
     }
     assert stats["mean_batch"] == 4 / 3
+
+
+# -- duplicates in flight ------------------------------------------------------
+
+
+async def test_each_caller_of_a_key_in_flight_gets_a_future_of_its_own(
+    cache_map_factory: CacheMapFactory,
+) -> None:
+    loader, calls = identity_loader(cache_map=cache_map_factory())
+    futures = [loader.load(key % 3) for key in range(12)]
+    assert len({id(future) for future in futures}) == 12
+    assert await within(asyncio.gather(*futures)) == [key % 3 for key in range(12)]
+    assert calls == [[0, 1, 2]]
+    assert (loader.stats.local_hits, loader.stats.local_misses) == (9, 3)
+    # Settled: later loads share the cached future.
+    assert loader.load(1) is loader.load(1)
+
+
+async def test_cancelling_followers_spares_the_first_and_the_other_followers() -> None:
+    gate = Gate()
+    loader = DataLoader(gate)
+    first, *followers = [loader.load("a") for _ in range(4)]
+    await within(gate.running.wait())
+    followers[0].cancel()
+    followers[2].cancel()
+    gate.open.set()
+    assert await within(asyncio.gather(first, followers[1])) == ["a", "a"]
+    assert followers[0].cancelled() and followers[2].cancelled()
+    assert gate.calls == [["a"]]
+
+
+async def test_followers_of_a_failed_load_get_its_exception() -> None:
+    error = ValueError("no")
+
+    async def batch_load(keys: List[int]) -> List[Exception]:
+        return [error for _ in keys]
+
+    loader = DataLoader(batch_load)
+    results = await within(
+        asyncio.gather(*[loader.load(1) for _ in range(3)], return_exceptions=True)
+    )
+    assert results == [error, error, error]
+
+
+async def test_a_load_cancelled_while_its_batch_runs_leaves_the_cache_map(
+    cache_map_factory: CacheMapFactory,
+) -> None:
+    gate = Gate()
+    cache_map = cache_map_factory()
+    loader = DataLoader(gate, cache_map=cache_map)
+    cancelled, kept = loader.load("a"), loader.load("b")
+    await within(gate.running.wait())
+    cancelled.cancel()
+    gate.open.set()
+    assert await within(kept) == "b"
+    # Settling forgot the cancelled future rather than leave it for the next
+    # load to find (and replace).
+    assert cache_map.get("a") is None
+    assert cache_map.get("b") is not None
+
+
+# -- load_many as one future ---------------------------------------------------
+
+
+async def test_load_many_waits_for_keys_in_flight_in_earlier_batches() -> None:
+    gate = Gate()
+    loader = DataLoader(gate)
+    early = loader.load(1)
+    await within(gate.running.wait())
+    many = loader.load_many([2, 1, 3])
+    await within(gate.entered(2))
+    assert not many.done()
+    gate.open.set()
+    assert await within(many) == [2, 1, 3]
+    assert await early == 1
+    assert gate.calls == [[1], [2, 3]]
+
+
+async def test_load_many_raises_the_first_failure_in_key_order() -> None:
+    async def batch_load(keys: List[int]) -> List[Any]:
+        return [KeyError(key) if key < 0 else key for key in keys]
+
+    loader = DataLoader(batch_load)
+    with pytest.raises(KeyError, match="-2"):
+        await within(loader.load_many([1, -2, -3]))
+
+
+async def test_cancelling_load_many_cancels_its_loads_only() -> None:
+    gate = Gate()
+    loader = DataLoader(gate)
+    other = loader.load(1)
+    many = loader.load_many([1, 2])
+    await within(gate.running.wait())
+    many.cancel()
+    gate.open.set()
+    assert await within(other) == 1
+    with pytest.raises(asyncio.CancelledError):
+        await many
+    assert gate.calls == [[1, 2]]
+
+
+async def test_load_many_of_cached_keys_is_done_at_once() -> None:
+    loader, _ = identity_loader()
+    loader.prime(1, "one").prime(2, "two")
+    many = loader.load_many([2, 1])
+    assert many.done() and many.result() == ["two", "one"]
+    assert (await loader.load_many([])) == []
+
+
+# -- the event loop's task factory ---------------------------------------------
+
+
+FACTORIES = ["default"]
+if sys.version_info >= (3, 12):
+    FACTORIES.append("eager")
+
+
+@pytest.mark.parametrize("factory", FACTORIES)
+def test_siblings_that_yield_once_share_a_batch_under_either_task_factory(
+    factory: str,
+) -> None:
+    calls: Calls = []
+
+    async def batch_load(keys: List[int]) -> List[int]:
+        calls.append(sorted(keys))
+        return keys
+
+    async def resolve(loader: DataLoader[int, int], key: int, depth: int) -> None:
+        if key % 2:
+            await asyncio.sleep(0)  # odd siblings do a little work first
+        await loader.load(key)
+        if depth < 2:
+            await asyncio.gather(
+                *[resolve(loader, key * 10 + i, depth + 1) for i in range(1, 5)]
+            )
+
+    async def main() -> None:
+        await resolve(DataLoader(batch_load), 0, 0)
+
+    loop = asyncio.new_event_loop()
+    if factory == "eager":
+        loop.set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined]
+    try:
+        loop.run_until_complete(asyncio.wait_for(main(), 5))
+    finally:
+        loop.close()
+    assert [len(call) for call in calls] == [1, 4, 16]
+
+
+# -- Strawberry's prime_many, clear_many, force --------------------------------
+
+
+async def test_prime_force_replaces_a_cached_value(
+    cache_map_factory: CacheMapFactory,
+) -> None:
+    loader, calls = identity_loader(cache_map=cache_map_factory())
+    assert await loader.load(1) == 1
+    assert loader.prime(1, "forced", force=True) is loader
+    assert await loader.load(1) == "forced"
+    loader.prime(1, "ignored")
+    assert await loader.load(1) == "forced"
+    assert calls == [[1]]
+
+
+async def test_prime_many_and_clear_many_chain(
+    cache_map_factory: CacheMapFactory,
+) -> None:
+    loader, calls = identity_loader(cache_map=cache_map_factory())
+    assert loader.prime_many({1: "one", 2: "two"}) is loader
+    assert await loader.load_many([1, 2]) == ["one", "two"]
+    loader.prime_many({1: "uno", 3: "tres"})
+    assert await loader.load_many([1, 3]) == ["one", "tres"]
+    loader.prime_many({1: "uno"}, force=True)
+    assert await loader.load(1) == "uno"
+    assert loader.clear_many([1, 2]) is loader
+    assert await loader.load_many([1, 2, 3]) == [1, 2, "tres"]
+    assert calls == [[1, 2]]
+
+
+# -- repr ------------------------------------------------------------------------
+
+
+def test_repr_of_a_loader_whose_init_failed_does_not_raise() -> None:
+    class Broken(DataLoader[int, int]):
+        def __init__(self) -> None:
+            pass
+
+    assert repr(Broken()) == "<Broken>"
+    with pytest.raises(TypeError, match="max_batch_size") as raised:
+        identity_loader(max_batch_size=0, name="named")
+    assert "Traceback" not in repr(raised.value)
