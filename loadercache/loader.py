@@ -70,6 +70,7 @@ from typing import (
 from loadercache.cache import (
     MISS,
     CacheMap,
+    MutableMappingCacheMap,
     RemoteTier,
     RemoteTierError,
     as_cache_map,
@@ -126,6 +127,12 @@ class _PyCountsCore:
     remote_errors: int
     failed_batches: int
 
+    def __init__(self) -> None:
+        # The C struct starts at zero.
+        self.local_hits = self.local_misses = self.batches = 0
+        self.batched_keys = self.max_batch = self.remote_hits = 0
+        self.remote_misses = self.remote_errors = self.failed_batches = 0
+
 
 class _PyBatchCore:
     """The fields of a batch; ``_speedups.BatchCore`` holds them in C."""
@@ -157,10 +164,6 @@ else:
 
 class _Counts(_CountsCore):
     __slots__ = ()
-
-    def __init__(self) -> None:
-        for name in _COUNTERS:
-            setattr(self, name, 0)
 
     def snapshot(self) -> LoaderStats:
         return LoaderStats(*[getattr(self, name) for name in _COUNTERS])
@@ -268,8 +271,8 @@ class DataLoader(_LoaderCore, Generic[K, V]):
         _check_batch_load_fn(self)
         self._limit = _valid_limit(self, batch, max_batch_size)
         self._key_fn = _valid_cache_key_fn(self, cache_key_fn, get_cache_key)
-        self._cache_map: CacheMap[Any, V] = as_cache_map(
-            {} if cache_map is None else cache_map
+        self._cache_map: CacheMap[Any, V] = (
+            MutableMappingCacheMap({}) if cache_map is None else as_cache_map(cache_map)
         )
         self._caching = bool(self.cache if cache is None else cache)
         self._get = self._cache_map.get if self._caching else _never_cached
@@ -967,7 +970,7 @@ def _valid_cache_exceptions(
     if cache_exceptions is None:
         # Read through the class: a predicate set as a class attribute must
         # not become a bound method.
-        cache_exceptions = inspect.getattr_static(type(loader), "cache_exceptions")
+        cache_exceptions = _class_attribute(type(loader), "cache_exceptions")
         if isinstance(cache_exceptions, staticmethod):
             cache_exceptions = cache_exceptions.__func__
     if not isinstance(cache_exceptions, bool) and not callable(cache_exceptions):
@@ -976,6 +979,15 @@ def _valid_cache_exceptions(
             f"exception, but got {cache_exceptions!r}."
         )
     return cache_exceptions
+
+
+def _class_attribute(cls: type, name: str) -> Any:
+    """*name* as the class defines it, unbound (what inspect.getattr_static
+    finds on a class, for a tenth of the time)."""
+    for base in cls.__mro__:
+        if name in base.__dict__:
+            return base.__dict__[name]
+    raise AttributeError(name)
 
 
 def _valid_batch_schedule_fn(
