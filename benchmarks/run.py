@@ -506,7 +506,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         type=int,
         action="append",
         metavar="N",
-        help="run scenario N (1-9); repeatable; default all",
+        help="run scenario N (1-10); repeatable; default all",
     )
     parser.add_argument(
         "--repeat", type=int, metavar="R", help="rounds per scenario (7; quick: 3)"
