@@ -493,6 +493,13 @@ def _as_json(results: Sequence[Result], meta: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    if "--pythons" in args_in:
+        # Every Python, in its tox env; see benchmarks/pythons.py.
+        from benchmarks import pythons
+
+        args_in.remove("--pythons")
+        return pythons.main(args_in)
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
         description="Compare loadercache with aiodataloader, strawberry's "
@@ -513,7 +520,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop")
     parser.add_argument("--json", metavar="PATH", help="also write results as JSON")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--pythons",
+        action="store_true",
+        help="run on every Python 3.9-3.13 in its tox env, with and without the "
+        "C extension, and print a table per version (benchmarks/pythons.py)",
+    )
+    args = parser.parse_args(args_in)
 
     sizes = QUICK if args.quick else FULL
     rounds = args.repeat or (3 if args.quick else 7)

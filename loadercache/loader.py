@@ -3,21 +3,22 @@
 Read top to bottom: construction and the ``_valid_*`` helpers it calls, the
 public methods (``load``, ``load_many``, ``clear``, ``prime`` and their
 ``_many`` forms), then the private steps of a batch's life in the order they
-happen (``_enqueue``, ``_dispatch_batch``, ``_start_batch``, ``_run_batch``,
-``_read_through``, ``_settle``, ``_failed_dispatch``).
+happen (``_enqueue``, ``_dispatch_batch``, ``_run_batch``, ``_read_through``,
+``_settle``, ``_failed_dispatch``).
 
 A batch is the list of keys collected since the last dispatch.  The first key
 of a batch schedules its dispatch with ``batch_schedule_fn``; by default that
-is ``loop.call_soon``, and the dispatch callback closes the batch one turn of
-the event loop later, so a batch collects every load made in this turn *and*
-in the next one.  The second turn matters: graphql-core and ``asyncio.gather``
-start sibling resolvers as tasks that first run one turn after they are
-created, and a loader that closed its batch one turn earlier would split a
-list of siblings in two.  (aiodataloader and strawberry wait the same two
-turns, the second one by starting a task; the JavaScript original waits for
-the promise job queue.)  The batch closes in a callback of its own rather
-than in the first step of its task so that ``asyncio.eager_task_factory``,
-which runs that first step at once, gives the same batches.
+is ``loop.call_soon``, and the dispatch callback starts a task whose first
+step closes the batch, one turn of the event loop later, so a batch collects
+every load made in this turn *and* in the next one.  The second turn
+matters: graphql-core and ``asyncio.gather`` start sibling resolvers as tasks
+that first run one turn after they are created, and a loader that closed its
+batch one turn earlier would split a list of siblings in two.
+(aiodataloader and strawberry wait the same two turns; the JavaScript
+original waits for the promise job queue.)  Under
+``asyncio.eager_task_factory``, which runs a task's first step inside
+``create_task``, that step waits one turn before it closes the batch, so
+either factory gives the same batches.
 
 Every caller of ``load()`` gets a future of its own, so that cancelling one
 caller (a timeout, a client that went away) cancels nobody else.  The cache
@@ -44,6 +45,7 @@ import inspect
 import logging
 import os
 import reprlib
+import types
 import warnings
 from collections.abc import Hashable, Iterable, Mapping, MutableMapping
 from dataclasses import fields
@@ -54,6 +56,7 @@ from typing import (
     Callable,
     ClassVar,
     Dict,
+    Generator,
     Generic,
     List,
     Literal,
@@ -581,33 +584,38 @@ class DataLoader(_LoaderCore, Generic[K, V]):
         return batch
 
     def _dispatch_batch(self, batch: _Batch) -> None:
-        """The scheduled callback: close the batch one turn later.
-
-        One turn later, not now: see the module docstring.
-        """
-        if not batch.loop.is_closed():
-            batch.loop.call_soon(self._start_batch, batch)
-
-    def _start_batch(self, batch: _Batch) -> None:
-        """Close the batch to new loads and start the task that runs it."""
-        if self._batch is batch:
-            self._batch = None
-        task = batch.loop.create_task(self._run_batch(batch))
+        """The scheduled callback: start the task that runs the batch."""
+        loop = batch.loop
+        if loop.is_closed():
+            return
+        starting = [True]  # true while an eager task factory runs the first step
+        task = loop.create_task(self._run_batch(batch, starting))
+        starting[0] = False
         # The event loop keeps only weak references to tasks.
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run_batch(self, batch: _Batch) -> None:
+    async def _run_batch(self, batch: _Batch, starting: List[bool]) -> None:
         keys, cache_keys, futures = batch.keys, batch.cache_keys, batch.futures
-        if not futures:
-            return  # its only load was refused by the cache map's set
-        # All futures of a batch come from one loop's create_future: one type.
-        if any(map(type(futures[0]).done, futures)):
-            # Loads cancelled before dispatch are not loaded at all.
-            keys, cache_keys, futures = self._drop_done(keys, cache_keys, futures)
-            if not keys:
-                return
         try:
+            try:
+                if starting[0]:
+                    # asyncio.eager_task_factory runs this first step inside
+                    # create_task, in the turn of the dispatch callback: close
+                    # the batch one turn later all the same.
+                    await _next_turn()
+            finally:
+                # Closed: loads from now on go to a new batch.
+                if self._batch is batch:
+                    self._batch = None
+            if not futures:
+                return  # its only load was refused by the cache map's set
+            # All futures of a batch come from one loop's create_future.
+            if any(map(type(futures[0]).done, futures)):
+                # Loads cancelled before dispatch are not loaded at all.
+                keys, cache_keys, futures = self._drop_done(keys, cache_keys, futures)
+                if not keys:
+                    return
             if self._remote is not None:
                 keys, cache_keys, futures = await self._read_through(
                     self._remote, keys, cache_keys, futures
@@ -864,6 +872,12 @@ class _Gathering(asyncio.Future):  # type: ignore[type-arg]
             self.set_exception(error)
             return
         self.set_result(values)
+
+
+@types.coroutine
+def _next_turn() -> Generator[None, None, None]:
+    """Awaited in a task: let the event loop run one turn first."""
+    yield
 
 
 def _outcome(future: asyncio.Future[Any]) -> Any:
