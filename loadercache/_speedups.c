@@ -489,27 +489,37 @@ error:
 static void
 lookup_failed(PyObject *cache_key)
 {
-    PyObject *type, *value, *traceback;
     if (!PyErr_ExceptionMatches(PyExc_TypeError)) {
         return;
     }
+#if PY_VERSION_HEX >= 0x030C0000
+    /* PyErr_Fetch and PyErr_Restore are deprecated from 3.12 on. */
+    PyObject *raised = PyErr_GetRaisedException();
+#else
+    PyObject *type, *value, *traceback;
     PyErr_Fetch(&type, &value, &traceback);
+#endif
     PyObject *error = PyObject_CallOneArg(unhashable_error, cache_key);
-    if (error == NULL) {
-        Py_XDECREF(type);
-        Py_XDECREF(value);
-        Py_XDECREF(traceback);
-        return;
-    }
     if (error == Py_None) {
         /* Hashable: the lookup's own TypeError goes on. */
         Py_DECREF(error);
+#if PY_VERSION_HEX >= 0x030C0000
+        PyErr_SetRaisedException(raised);
+#else
         PyErr_Restore(type, value, traceback);
+#endif
         return;
     }
+#if PY_VERSION_HEX >= 0x030C0000
+    Py_XDECREF(raised);
+#else
     Py_XDECREF(type);
     Py_XDECREF(value);
     Py_XDECREF(traceback);
+#endif
+    if (error == NULL) {
+        return;
+    }
     /* raise ... from None */
     PyException_SetCause(error, NULL);
     PyErr_SetObject((PyObject *)Py_TYPE(error), error);
@@ -800,12 +810,16 @@ static PyMethodDef module_methods[] = {
 static int
 add_type(PyObject *module, const char *name, PyTypeObject *type)
 {
+#if PY_VERSION_HEX >= 0x030A0000
+    return PyModule_AddObjectRef(module, name, (PyObject *)type);
+#else
     Py_INCREF(type);
     if (PyModule_AddObject(module, name, (PyObject *)type) < 0) {
         Py_DECREF(type);
         return -1;
     }
     return 0;
+#endif
 }
 
 static int

@@ -45,7 +45,7 @@ import inspect
 import logging
 import os
 import reprlib
-import types
+import sysconfig
 import warnings
 from collections.abc import Hashable, Iterable, Mapping, MutableMapping
 from dataclasses import fields
@@ -56,7 +56,6 @@ from typing import (
     Callable,
     ClassVar,
     Dict,
-    Generator,
     Generic,
     List,
     Literal,
@@ -84,7 +83,11 @@ from loadercache.tracing import batch_span
 __all__ = ["SPEEDUPS", "BatchLoadFn", "DataLoader"]
 
 _speedups: Any = None
-if not os.environ.get("LOADERCACHE_NO_EXTENSIONS"):
+# Not on a free-threaded build either: the extension needs the GIL (importing
+# it there would turn the GIL back on for the whole process).
+if not os.environ.get("LOADERCACHE_NO_EXTENSIONS") and not sysconfig.get_config_var(
+    "Py_GIL_DISABLED"
+):
     # Missing without a C compiler at install time, or off CPython.
     with contextlib.suppress(ImportError):
         from loadercache import _speedups
@@ -603,7 +606,7 @@ class DataLoader(_LoaderCore, Generic[K, V]):
                     # asyncio.eager_task_factory runs this first step inside
                     # create_task, in the turn of the dispatch callback: close
                     # the batch one turn later all the same.
-                    await _next_turn()
+                    await asyncio.sleep(0)
             finally:
                 # Closed: loads from now on go to a new batch.
                 if self._batch is batch:
@@ -872,12 +875,6 @@ class _Gathering(asyncio.Future):  # type: ignore[type-arg]
             self.set_exception(error)
             return
         self.set_result(values)
-
-
-@types.coroutine
-def _next_turn() -> Generator[None, None, None]:
-    """Awaited in a task: let the event loop run one turn first."""
-    yield
 
 
 def _outcome(future: asyncio.Future[Any]) -> Any:
