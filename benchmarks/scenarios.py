@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import tracemalloc
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from time import perf_counter
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple
@@ -185,16 +185,7 @@ async def load_many(contender: Contender, sizes: Sizes) -> Sample:
 
 async def load_each(contender: Contender, sizes: Sizes) -> Sample:
     """Scenario 6's keys, loaded with ``load()`` and awaited one after another."""
-    counter = BatchCounter()
-    loader = contender.make(batch_fn(counter), None)
-    groups = _groups(range(sizes.keys), sizes.many)
-    start = perf_counter()
-    for group in groups:
-        futures = [loader.load(key) for key in group]
-        for future in futures:
-            await future
-    seconds = perf_counter() - start
-    return Sample(seconds, sizes.keys, extra={"batches": counter.calls})
+    return await distinct_keys(contender, replace(sizes, group=sizes.many))
 
 
 # -- scenario 10: duplicate keys in flight ---------------------------------------

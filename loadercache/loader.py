@@ -118,28 +118,6 @@ _short.maxstring = _short.maxother = 80
 _COUNTERS = tuple(field.name for field in fields(LoaderStats))
 
 
-class _PyCountsCore:
-    """A loader's live counters; ``_speedups.CountsCore`` holds them in C."""
-
-    __slots__ = _COUNTERS
-
-    local_hits: int
-    local_misses: int
-    batches: int
-    batched_keys: int
-    max_batch: int
-    remote_hits: int
-    remote_misses: int
-    remote_errors: int
-    failed_batches: int
-
-    def __init__(self) -> None:
-        # The C struct starts at zero.
-        self.local_hits = self.local_misses = self.batches = 0
-        self.batched_keys = self.max_batch = self.remote_hits = 0
-        self.remote_misses = self.remote_errors = self.failed_batches = 0
-
-
 class _PyBatchCore:
     """The fields of a batch; ``_speedups.BatchCore`` holds them in C."""
 
@@ -158,7 +136,8 @@ class _PyLoaderCore:
 
 
 if TYPE_CHECKING or _speedups is None:
-    _CountsCore = _PyCountsCore
+    # The counters as fields of the LoaderStats dataclass, which starts at 0.
+    _CountsCore = LoaderStats
     _BatchCore = _PyBatchCore
     _LoaderCore = _PyLoaderCore
 else:
@@ -169,6 +148,8 @@ else:
 
 
 class _Counts(_CountsCore):
+    """A loader's live counters; ``stats`` hands out snapshots."""
+
     __slots__ = ()
 
     def snapshot(self) -> LoaderStats:
