@@ -34,6 +34,7 @@ if __package__ in (None, ""):
     # Run as a script (python benchmarks/run.py): make the package importable.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import loadercache
 from benchmarks import redis_tier
 from benchmarks.scenarios import FULL, QUICK, Sample, Scenario, Sizes, scenarios
 
@@ -173,7 +174,8 @@ def structural_checks(results: Sequence[Result]) -> List[Check]:
     * every ``exact`` count a scenario declares (Redis: one read round trip per
       batch) holds for loadercache;
     * loadercache keeps at least half of its floor target (0.45 of the floor
-      where the target is 0.9): a loss that large is a regression, not noise.
+      where the target is 0.9; a third, 0.30, as pure Python): a loss that
+      large is a regression, not noise.
     """
     checks: List[Check] = []
     for result in results:
@@ -205,7 +207,9 @@ def structural_checks(results: Sequence[Result]) -> List[Check]:
                 )
             if s.floor_target is not None and s.guard_ratio:
                 ratio = result.ratio(name, s.baseline)
-                floor = s.floor_target / 2
+                # The targets are for the C extension; the pure Python runs
+                # at 0.55 to 0.75 of the floor, so its guard is a third.
+                floor = s.floor_target / (2 if loadercache.SPEEDUPS else 3)
                 checks.append(
                     Check(
                         s.key,
