@@ -77,6 +77,7 @@ from loadercache.cache import (
     RemoteTierError,
     as_cache_map,
 )
+from loadercache.gathering import Gathering
 from loadercache.stats import LoaderStats
 from loadercache.tracing import batch_span
 
@@ -396,7 +397,7 @@ class DataLoader(_LoaderCore, Generic[K, V]):
             )
         futures = [self.load(key) for key in keys]
         loop = futures[0].get_loop() if futures else self._bound_loop()
-        return _Gathering.of(loop, futures, return_exceptions)
+        return Gathering.of(loop, futures, return_exceptions)
 
     def clear(self: _Self, key: K) -> _Self:
         """Forget the cached value of *key*; return the loader for chaining.
@@ -815,73 +816,6 @@ class DataLoader(_LoaderCore, Generic[K, V]):
             self._remote.discard(cache_key, future)
         elif self._cache_map.get(cache_key) is future:
             self._cache_map.delete(cache_key)
-
-
-class _Gathering(asyncio.Future):  # type: ignore[type-arg]
-    """The future :meth:`DataLoader.load_many` returns.
-
-    It waits on one load at a time, the first one still pending in key order,
-    so a list that one batch answers costs one callback in all, where
-    ``asyncio.gather`` adds one to every load.  Cancelling it cancels the
-    loads, as cancelling a gather does.
-    """
-
-    __slots__ = ("_loads", "_next", "_return_exceptions")
-
-    _loads: List[asyncio.Future[Any]]
-    _next: int
-    _return_exceptions: bool
-
-    @classmethod
-    def of(
-        cls,
-        loop: asyncio.AbstractEventLoop,
-        loads: List[asyncio.Future[Any]],
-        return_exceptions: bool,
-    ) -> _Gathering:
-        gathering = cls(loop=loop)
-        gathering._loads = loads
-        gathering._next = 0
-        gathering._return_exceptions = return_exceptions
-        gathering._wait()
-        return gathering
-
-    def cancel(self, msg: Any = None) -> bool:
-        if self.done():
-            return False
-        for load in self._loads:
-            load.cancel()
-        return super().cancel(msg)
-
-    def _wait(self, settled: Optional[asyncio.Future[Any]] = None) -> None:
-        """Wait for the next load still pending; fill this future after the last."""
-        if self.done():
-            return  # cancelled
-        loads = self._loads
-        for i in range(self._next, len(loads)):
-            if not loads[i].done():
-                self._next = i
-                loads[i].add_done_callback(self._wait)
-                return
-        if self._return_exceptions:
-            self.set_result([_outcome(load) for load in loads])
-            return
-        try:
-            values = [load.result() for load in loads]
-        except BaseException as error:  # the first failure, cancelled included
-            for load in loads:
-                if not load.cancelled():
-                    load.exception()  # the others' are retrieved, as gather does
-            self.set_exception(error)
-            return
-        self.set_result(values)
-
-
-def _outcome(future: asyncio.Future[Any]) -> Any:
-    if future.cancelled():
-        return asyncio.CancelledError()
-    error = future.exception()
-    return future.result() if error is None else error
 
 
 def _copy_outcome(
