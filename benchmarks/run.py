@@ -34,6 +34,7 @@ if __package__ in (None, ""):
     # Run as a script (python benchmarks/run.py): make the package importable.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import loadercache
 from benchmarks import redis_tier
 from benchmarks.scenarios import FULL, QUICK, Sample, Scenario, Sizes, scenarios
 
@@ -173,7 +174,8 @@ def structural_checks(results: Sequence[Result]) -> List[Check]:
     * every ``exact`` count a scenario declares (Redis: one read round trip per
       batch) holds for loadercache;
     * loadercache keeps at least half of its floor target (0.45 of the floor
-      where the target is 0.9): a loss that large is a regression, not noise.
+      where the target is 0.9; a third, 0.30, as pure Python): a loss that
+      large is a regression, not noise.
     """
     checks: List[Check] = []
     for result in results:
@@ -205,7 +207,9 @@ def structural_checks(results: Sequence[Result]) -> List[Check]:
                 )
             if s.floor_target is not None and s.guard_ratio:
                 ratio = result.ratio(name, s.baseline)
-                floor = s.floor_target / 2
+                # The targets are for the C extension; the pure Python runs
+                # at 0.55 to 0.75 of the floor, so its guard is a third.
+                floor = s.floor_target / (2 if loadercache.SPEEDUPS else 3)
                 checks.append(
                     Check(
                         s.key,
@@ -493,6 +497,13 @@ def _as_json(results: Sequence[Result], meta: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    if "--pythons" in args_in:
+        # Every Python, in its tox env; see benchmarks/pythons.py.
+        from benchmarks import pythons
+
+        args_in.remove("--pythons")
+        return pythons.main(args_in)
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
         description="Compare loadercache with aiodataloader, strawberry's "
@@ -506,14 +517,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         type=int,
         action="append",
         metavar="N",
-        help="run scenario N (1-9); repeatable; default all",
+        help="run scenario N (1-10); repeatable; default all",
     )
     parser.add_argument(
         "--repeat", type=int, metavar="R", help="rounds per scenario (7; quick: 3)"
     )
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop")
     parser.add_argument("--json", metavar="PATH", help="also write results as JSON")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--pythons",
+        action="store_true",
+        help="run on every Python 3.9-3.13 in its tox env, with and without the "
+        "C extension, and print a table per version (benchmarks/pythons.py)",
+    )
+    args = parser.parse_args(args_in)
 
     sizes = QUICK if args.quick else FULL
     rounds = args.repeat or (3 if args.quick else 7)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import tracemalloc
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from time import perf_counter
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple
@@ -23,6 +23,7 @@ import graphql
 import loadercache
 from benchmarks.contenders import (
     FLOOR,
+    LOADERCACHE,
     PEERS,
     BatchCounter,
     BatchFn,
@@ -48,6 +49,7 @@ class Sizes:
     group: int = 1_000
     max_batch_size: int = 100
     many: int = 100
+    duplicates: int = 50
     trees: int = 100
     graphql_trees: int = 20
     memory_keys: int = 100_000
@@ -179,6 +181,36 @@ async def load_many(contender: Contender, sizes: Sizes) -> Sample:
         await loader.load_many(group)
     seconds = perf_counter() - start
     return Sample(seconds, sizes.keys, extra={"batches": counter.calls})
+
+
+async def load_each(contender: Contender, sizes: Sizes) -> Sample:
+    """Scenario 6's keys, loaded with ``load()`` and awaited one after another."""
+    return await distinct_keys(contender, replace(sizes, group=sizes.many))
+
+
+# -- scenario 10: duplicate keys in flight ---------------------------------------
+
+
+async def duplicates(contender: Contender, sizes: Sizes, distinct: int) -> Sample:
+    """Requests of ``sizes.duplicates`` loads over *distinct* keys, a loader each.
+
+    The shape of "50 posts and their 10 authors": most loads find their key
+    in flight, loaded by an earlier load of the same request.
+    """
+    counter = BatchCounter()
+    fn = batch_fn(counter)
+    requests = sizes.keys // sizes.duplicates
+    start = perf_counter()
+    for _ in range(requests):
+        loader = contender.make(fn, None)
+        futures = [loader.load(i % distinct) for i in range(sizes.duplicates)]
+        for future in futures:
+            await future
+    seconds = perf_counter() - start
+    assert counter.calls == requests and counter.keys == requests * distinct
+    return Sample(
+        seconds, requests * sizes.duplicates, extra={"batches": counter.calls}
+    )
 
 
 # -- scenario 3: a GraphQL-shaped tree of coroutines -------------------------------
@@ -430,6 +462,25 @@ def scenarios(sizes: Sizes) -> List[Scenario]:
             guard_ratio=True,
         ),
         Scenario(
+            "6b",
+            6,
+            f"load_many of {sizes.many} new keys against the same load() calls",
+            "load_many's one future against awaiting each load in turn",
+            (
+                Entry(
+                    "loadercache load() each", partial(load_each, LOADERCACHE, sizes)
+                ),
+                Entry(
+                    "loadercache load_many",
+                    partial(load_many, LOADERCACHE, sizes),
+                    subject=True,
+                ),
+            ),
+            baseline="loadercache load() each",
+            floor_target=0.95,
+            peers_of={"loadercache load_many": ()},
+        ),
+        Scenario(
             "7",
             7,
             f"memory per cached key, {sizes.memory_keys:,} keys",
@@ -453,5 +504,20 @@ def scenarios(sizes: Sizes) -> List[Scenario]:
             "scenario 2 with bounded maps",
             _entries(maps, lambda c: cached_keys(c, sizes)),
             peers_of=_MAP_PEERS,
+        ),
+        Scenario(
+            "10a",
+            10,
+            f"{n // sizes.duplicates:,} requests of {sizes.duplicates} loads "
+            "over 10 keys",
+            "loads of a key already in flight: each caller gets its own future",
+            _entries(PEERS, lambda c: duplicates(c, sizes, 10)),
+        ),
+        Scenario(
+            "10b",
+            10,
+            f"{n // sizes.duplicates:,} requests of {sizes.duplicates} loads of 1 key",
+            "loads of a key already in flight, all of one key",
+            _entries(PEERS, lambda c: duplicates(c, sizes, 1)),
         ),
     ]

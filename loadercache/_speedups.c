@@ -1,31 +1,45 @@
 /* loadercache._speedups: the per-load steps of loader.py, in C.
  *
- * loader.py is the reference: every function here is a line-for-line
+ * loader.py is the reference: each function here is a line-for-line
  * translation of the Python method of the same name (DataLoader.load,
- * DataLoader._enqueue, DataLoader._settle), with the same checks, the same
- * order of side effects and the same error messages.  Whatever is rare or
- * per batch (sharing an in-flight future, opening a batch, rejecting a key,
- * the unhashable-key message) calls back into the Python methods, so there
- * is one implementation of each of those.
+ * _enqueue, _new_future, _settle), with the same order of side effects and
+ * the same error messages; tests/test_differential.py drives both through
+ * the same operations in one process and compares everything observable.
+ * Whatever is rare or per batch (the first duplicate of a key in flight,
+ * opening a batch, rejecting or forgetting a key, the unhashable-key
+ * message) calls back into the Python methods, so each of those has one
+ * implementation.
  *
- * Why C at all: on a cache hit the Python load() costs a frame plus about
- * a dozen bytecodes, more than the whole of a bare dict lookup in a Python
+ * Why C at all: on a cache hit the Python load() costs a frame plus about a
+ * dozen bytecodes, more than the whole of a bare dict lookup in a Python
  * function; in C a hit is a dict lookup and the done()/cancelled() checks,
  * and a miss makes its future without the Python frame of
  * loop.create_future() (for asyncio's own loops, whose create_future is
- * exactly asyncio.Future(loop=loop); any other loop's is called).
+ * exactly asyncio.Future(loop=loop)).
  *
- * The state the hot path reads lives in the C structs below and is exposed
- * to Python under the attribute names loader.py uses (self._get,
- * batch.keys, ...), so loader.py reads and writes it the same way with or
- * without this module.  Only the public C API is used, so the module builds
- * on CPython 3.9 to 3.13.  LOADERCACHE_NO_EXTENSIONS=1 turns it off at build
- * or import time.
+ * Every field DataLoader.__init__ sets is a field of the LoaderCore struct,
+ * under the attribute name loader.py uses, so that a loader's instance
+ * __dict__ is never made.  On CPython 3.12 and later a method lookup such as
+ * loader.load specializes only on an object whose attributes are inline
+ * values (3.12) or that has no dict at all (3.13: a subclass of a C struct
+ * never gets inline values); with the fields in a __dict__ every
+ * loader.load(key) took the interpreter's generic attribute lookup, which
+ * cost more than the C load() saved.  For the same reason LoaderCore objects
+ * are made by object.__new__, which sets up inline values, not by
+ * PyType_GenericNew, which does not.
+ *
+ * Fields the C code relies on the type of (_batch, _counts, _followers,
+ * _limit, a batch's lists) refuse a value of another type when assigned, so
+ * the per-load code needs no type checks.  Only the public C API is used;
+ * the module builds on CPython 3.9 to 3.13 (and is written for 3.14).  It is
+ * not built for free-threaded interpreters (setup.py), where the pure Python
+ * runs; if it is imported there anyway it says it needs the GIL.
+ * LOADERCACHE_NO_EXTENSIONS=1 turns it off at build or import time.
  */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include "structmember.h"
+#include <stddef.h>
 
 #if PY_VERSION_HEX < 0x030A00F0
 static inline PyObject *
@@ -37,15 +51,23 @@ _Py_NewRef_compat(PyObject *obj)
 #define Py_NewRef(obj) _Py_NewRef_compat((PyObject *)(obj))
 #endif
 
+#if PY_VERSION_HEX < 0x030C0000
+/* structmember.h's names, which Python.h itself provides from 3.12 on. */
+#include "structmember.h"
+#define Py_T_OBJECT_EX T_OBJECT_EX
+#define Py_T_BOOL T_BOOL
+#define Py_T_PYSSIZET T_PYSSIZET
+#define Py_READONLY READONLY
+#endif
+
 /* Set once by _setup() from loader.py. */
 static PyObject *Future = NULL;            /* asyncio.Future */
 static PyObject *future_done = NULL;       /* asyncio.Future.done */
 static PyObject *future_cancelled = NULL;  /* asyncio.Future.cancelled */
 static PyObject *future_set_result = NULL; /* asyncio.Future.set_result */
-static PyObject *unhashable_error = NULL; /* loader._unhashable_error */
-static PyObject *no_key = NULL;          /* loader._NO_KEY */
+static PyObject *unhashable_error = NULL;  /* loader._unhashable_error */
 
-/* Interned names of the Python methods called back, and of the keyword. */
+/* Interned names of the Python methods called back, and of the keywords. */
 static PyObject *str_share = NULL;
 static PyObject *str_new_batch = NULL;
 static PyObject *str_reject = NULL;
@@ -53,25 +75,120 @@ static PyObject *str_forget = NULL;
 static PyObject *str_done = NULL;
 static PyObject *str_cancelled = NULL;
 static PyObject *str_set_result = NULL;
-static PyObject *kwnames_loop = NULL;    /* ("loop",) */
+static PyObject *str_append = NULL;
+static PyObject *str_key = NULL;
+static PyObject *kwnames_loop = NULL; /* ("loop",) */
+
+/* -- typed fields ------------------------------------------------------- */
+
+/* A field the C code reads as a given type: the getter raises the
+ * AttributeError Python gives for an attribute never set, the setter refuses
+ * another type. */
+#define TYPED_FIELD(Struct, field, name, check, what)                          \
+    static PyObject *Struct##_get_##field(Struct *self, void *closure)         \
+    {                                                                          \
+        if (self->field == NULL) {                                             \
+            PyErr_Format(PyExc_AttributeError,                                 \
+                         "'%.100s' object has no attribute '%s'",              \
+                         Py_TYPE(self)->tp_name, name);                        \
+            return NULL;                                                       \
+        }                                                                      \
+        return Py_NewRef(self->field);                                         \
+    }                                                                          \
+    static int Struct##_set_##field(Struct *self, PyObject *value,             \
+                                    void *closure)                             \
+    {                                                                          \
+        if (value != NULL && !(check)) {                                       \
+            PyErr_Format(PyExc_TypeError, "%s must be %s, not %.100s", name,   \
+                         what, Py_TYPE(value)->tp_name);                       \
+            return -1;                                                         \
+        }                                                                      \
+        Py_XINCREF(value);                                                     \
+        Py_XSETREF(self->field, value);                                        \
+        return 0;                                                              \
+    }
+
+#define GETSET(Struct, field, name)                                            \
+    {name, (getter)Struct##_get_##field, (setter)Struct##_set_##field, NULL,   \
+     NULL}
+
+/* The AttributeError of a field __init__ has not set yet. */
+static int
+missing(PyObject *self, PyObject *field, const char *name)
+{
+    if (field != NULL) {
+        return 0;
+    }
+    PyErr_Format(PyExc_AttributeError, "'%.100s' object has no attribute '%s'",
+                 Py_TYPE(self)->tp_name, name);
+    return -1;
+}
+
+/* -- CountsCore: the fields of loader._Counts --------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    Py_ssize_t local_hits;
+    Py_ssize_t local_misses;
+    Py_ssize_t batches;
+    Py_ssize_t batched_keys;
+    Py_ssize_t max_batch;
+    Py_ssize_t remote_hits;
+    Py_ssize_t remote_misses;
+    Py_ssize_t remote_errors;
+    Py_ssize_t failed_batches;
+} CountsCore;
+
+#define COUNTER(field)                                                         \
+    {#field, Py_T_PYSSIZET, offsetof(CountsCore, field), 0, NULL}
+
+static PyMemberDef counts_members[] = {
+    COUNTER(local_hits),    COUNTER(local_misses),  COUNTER(batches),
+    COUNTER(batched_keys),  COUNTER(max_batch),     COUNTER(remote_hits),
+    COUNTER(remote_misses), COUNTER(remote_errors), COUNTER(failed_batches),
+    {NULL},
+};
+
+static PyTypeObject CountsCore_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "loadercache._speedups.CountsCore",
+    .tp_doc = "A loader's live counters (see loader._Counts).",
+    .tp_basicsize = sizeof(CountsCore),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_new = PyType_GenericNew,
+    .tp_members = counts_members,
+};
 
 /* -- BatchCore: the fields of loader._Batch ----------------------------- */
 
 typedef struct {
     PyObject_HEAD
     PyObject *loop;
-    PyObject *create_future;
-    PyObject *keys;
-    PyObject *cache_keys;
-    PyObject *futures;
-    char closed;
+    PyObject *keys;       /* a list */
+    PyObject *cache_keys; /* a list: keys itself, or aligned with it */
+    PyObject *futures;    /* a list */
 } BatchCore;
+
+TYPED_FIELD(BatchCore, keys, "keys", PyList_Check(value), "a list")
+TYPED_FIELD(BatchCore, cache_keys, "cache_keys", PyList_Check(value), "a list")
+TYPED_FIELD(BatchCore, futures, "futures", PyList_Check(value), "a list")
+
+static PyGetSetDef batch_getset[] = {
+    GETSET(BatchCore, keys, "keys"),
+    GETSET(BatchCore, cache_keys, "cache_keys"),
+    GETSET(BatchCore, futures, "futures"),
+    {NULL},
+};
+
+static PyMemberDef batch_members[] = {
+    {"loop", Py_T_OBJECT_EX, offsetof(BatchCore, loop), 0, NULL},
+    {NULL},
+};
 
 static int
 batch_traverse(BatchCore *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->loop);
-    Py_VISIT(self->create_future);
     Py_VISIT(self->keys);
     Py_VISIT(self->cache_keys);
     Py_VISIT(self->futures);
@@ -82,7 +199,6 @@ static int
 batch_clear(BatchCore *self)
 {
     Py_CLEAR(self->loop);
-    Py_CLEAR(self->create_future);
     Py_CLEAR(self->keys);
     Py_CLEAR(self->cache_keys);
     Py_CLEAR(self->futures);
@@ -97,20 +213,10 @@ batch_dealloc(BatchCore *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static PyMemberDef batch_members[] = {
-    {"loop", T_OBJECT_EX, offsetof(BatchCore, loop), 0, NULL},
-    {"create_future", T_OBJECT_EX, offsetof(BatchCore, create_future), 0, NULL},
-    {"keys", T_OBJECT_EX, offsetof(BatchCore, keys), 0, NULL},
-    {"cache_keys", T_OBJECT_EX, offsetof(BatchCore, cache_keys), 0, NULL},
-    {"futures", T_OBJECT_EX, offsetof(BatchCore, futures), 0, NULL},
-    {"closed", T_BOOL, offsetof(BatchCore, closed), 0, NULL},
-    {NULL},
-};
-
 static PyTypeObject BatchCore_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "loadercache._speedups.BatchCore",
-    .tp_doc = "The fields of a batch that the C load() reads.",
+    .tp_doc = "The fields of a batch (see loader._Batch).",
     .tp_basicsize = sizeof(BatchCore),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
     .tp_new = PyType_GenericNew,
@@ -118,21 +224,73 @@ static PyTypeObject BatchCore_Type = {
     .tp_traverse = (traverseproc)batch_traverse,
     .tp_clear = (inquiry)batch_clear,
     .tp_members = batch_members,
+    .tp_getset = batch_getset,
 };
 
-/* -- LoaderCore: the fields of DataLoader that load() reads ------------- */
+/* -- LoaderCore: the fields of DataLoader ------------------------------- */
 
 typedef struct {
     PyObject_HEAD
-    PyObject *key_fn;   /* _key_fn: None or a callable */
-    PyObject *get;      /* _get: the cache map's get (or _never_cached) */
-    PyObject *set;      /* _set: the cache map's set */
-    PyObject *caching;  /* _caching: True or False */
-    PyObject *batch;    /* _batch: the open batch or None */
-    PyObject *limit;    /* _limit: None or the max batch size */
-    Py_ssize_t misses;  /* _misses */
-    Py_ssize_t hits;    /* _hits */
+    /* Read by the C methods. */
+    PyObject *key_fn;        /* _key_fn: None or a callable */
+    PyObject *get;           /* _get: the cache map's get (or _never_cached) */
+    PyObject *set;           /* _set: the cache map's set */
+    char caching;            /* _caching */
+    PyObject *batch;         /* _batch: a BatchCore or None */
+    PyObject *limit;         /* _limit: an int or None */
+    PyObject *loop;          /* _loop */
+    PyObject *create_future; /* _create_future: None or loop.create_future */
+    PyObject *followers;     /* _followers: a dict */
+    PyObject *counts;        /* _counts: a CountsCore */
+    /* Only stored here, so that the instance needs no __dict__. */
+    PyObject *name;
+    PyObject *batch_load_fn;
+    PyObject *get_cache_key;
+    PyObject *cache_map;
+    PyObject *remote;
+    PyObject *cache_exceptions;
+    PyObject *schedule;
+    PyObject *tasks;
 } LoaderCore;
+
+TYPED_FIELD(LoaderCore, batch, "_batch",
+            value == Py_None || PyObject_TypeCheck(value, &BatchCore_Type),
+            "a _Batch or None")
+TYPED_FIELD(LoaderCore, limit, "_limit",
+            value == Py_None || PyLong_Check(value), "an int or None")
+TYPED_FIELD(LoaderCore, followers, "_followers", PyDict_CheckExact(value),
+            "a dict")
+TYPED_FIELD(LoaderCore, counts, "_counts",
+            PyObject_TypeCheck(value, &CountsCore_Type), "a _Counts")
+
+static PyGetSetDef loader_getset[] = {
+    GETSET(LoaderCore, batch, "_batch"),
+    GETSET(LoaderCore, limit, "_limit"),
+    GETSET(LoaderCore, followers, "_followers"),
+    GETSET(LoaderCore, counts, "_counts"),
+    {NULL},
+};
+
+#define FIELD(name, field)                                                     \
+    {name, Py_T_OBJECT_EX, offsetof(LoaderCore, field), 0, NULL}
+
+static PyMemberDef loader_members[] = {
+    FIELD("_key_fn", key_fn),
+    FIELD("_get", get),
+    FIELD("_set", set),
+    {"_caching", Py_T_BOOL, offsetof(LoaderCore, caching), 0, NULL},
+    FIELD("_loop", loop),
+    FIELD("_create_future", create_future),
+    FIELD("name", name),
+    FIELD("batch_load_fn", batch_load_fn),
+    FIELD("get_cache_key", get_cache_key),
+    FIELD("_cache_map", cache_map),
+    FIELD("_remote", remote),
+    FIELD("_cache_exceptions", cache_exceptions),
+    FIELD("_schedule", schedule),
+    FIELD("_tasks", tasks),
+    {NULL},
+};
 
 static int
 loader_traverse(LoaderCore *self, visitproc visit, void *arg)
@@ -140,9 +298,20 @@ loader_traverse(LoaderCore *self, visitproc visit, void *arg)
     Py_VISIT(self->key_fn);
     Py_VISIT(self->get);
     Py_VISIT(self->set);
-    Py_VISIT(self->caching);
     Py_VISIT(self->batch);
     Py_VISIT(self->limit);
+    Py_VISIT(self->loop);
+    Py_VISIT(self->create_future);
+    Py_VISIT(self->followers);
+    Py_VISIT(self->counts);
+    Py_VISIT(self->name);
+    Py_VISIT(self->batch_load_fn);
+    Py_VISIT(self->get_cache_key);
+    Py_VISIT(self->cache_map);
+    Py_VISIT(self->remote);
+    Py_VISIT(self->cache_exceptions);
+    Py_VISIT(self->schedule);
+    Py_VISIT(self->tasks);
     return 0;
 }
 
@@ -152,9 +321,20 @@ loader_clear(LoaderCore *self)
     Py_CLEAR(self->key_fn);
     Py_CLEAR(self->get);
     Py_CLEAR(self->set);
-    Py_CLEAR(self->caching);
     Py_CLEAR(self->batch);
     Py_CLEAR(self->limit);
+    Py_CLEAR(self->loop);
+    Py_CLEAR(self->create_future);
+    Py_CLEAR(self->followers);
+    Py_CLEAR(self->counts);
+    Py_CLEAR(self->name);
+    Py_CLEAR(self->batch_load_fn);
+    Py_CLEAR(self->get_cache_key);
+    Py_CLEAR(self->cache_map);
+    Py_CLEAR(self->remote);
+    Py_CLEAR(self->cache_exceptions);
+    Py_CLEAR(self->schedule);
+    Py_CLEAR(self->tasks);
     return 0;
 }
 
@@ -166,29 +346,9 @@ loader_dealloc(LoaderCore *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* An attribute __init__ has not set yet: the AttributeError Python gives. */
-static int
-missing(PyObject *self, PyObject *field, const char *name)
-{
-    if (field != NULL) {
-        return 0;
-    }
-    PyErr_Format(PyExc_AttributeError, "'%.100s' object has no attribute '%s'",
-                 Py_TYPE(self)->tp_name, name);
-    return -1;
-}
+#define COUNTS(self) ((CountsCore *)(self)->counts)
 
-static int
-check_fields(LoaderCore *self)
-{
-    PyObject *me = (PyObject *)self;
-    if (missing(me, self->key_fn, "_key_fn") || missing(me, self->get, "_get") ||
-        missing(me, self->set, "_set") || missing(me, self->caching, "_caching") ||
-        missing(me, self->batch, "_batch") || missing(me, self->limit, "_limit")) {
-        return -1;
-    }
-    return 0;
-}
+/* -- helpers ------------------------------------------------------------- */
 
 /* future.done() and future.cancelled(): straight to asyncio.Future's C
  * methods for asyncio's own futures, through the method lookup for anything
@@ -224,45 +384,57 @@ set_result(PyObject *future, PyObject *value)
     return PyObject_CallMethodOneArg(future, str_set_result, value);
 }
 
-static PyObject *
-list_append(PyObject *list, PyObject *item, const char *name)
+/* list.append(item), or the append method of whatever else it is. */
+static int
+append(PyObject *list, PyObject *item)
 {
-    if (!PyList_Check(list)) {
-        PyErr_Format(PyExc_TypeError, "batch.%s must be a list", name);
+    if (PyList_CheckExact(list)) {
+        return PyList_Append(list, item);
+    }
+    PyObject *result = PyObject_CallMethodOneArg(list, str_append, item);
+    Py_XDECREF(result);
+    return result == NULL ? -1 : 0;
+}
+
+/* -- the translations --------------------------------------------------- */
+
+/* DataLoader._new_future(). */
+static PyObject *
+new_future(LoaderCore *self)
+{
+    if (missing((PyObject *)self, self->create_future, "_create_future") ||
+        missing((PyObject *)self, self->loop, "_loop")) {
         return NULL;
     }
-    if (PyList_Append(list, item) < 0) {
-        return NULL;
+    if (self->create_future == Py_None) {
+        /* What asyncio's own loop.create_future() returns, without its frame. */
+        PyObject *loop = Py_NewRef(self->loop);
+        PyObject *future = PyObject_Vectorcall(Future, &loop, 0, kwnames_loop);
+        Py_DECREF(loop);
+        return future;
     }
-    return list;
+    return PyObject_CallNoArgs(self->create_future);
 }
 
 /* DataLoader._enqueue(key, cache_key): queue a load that missed the cache. */
 static PyObject *
 enqueue(LoaderCore *self, PyObject *key, PyObject *cache_key)
 {
-    PyObject *batch = NULL, *future = NULL, *result;
-    batch = Py_NewRef(self->batch);
-    int full = batch == Py_None || !PyObject_TypeCheck(batch, &BatchCore_Type);
-    if (!full) {
-        BatchCore *open = (BatchCore *)batch;
-        if (missing(batch, open->keys, "keys")) {
+    if (missing((PyObject *)self, self->batch, "_batch") ||
+        missing((PyObject *)self, self->limit, "_limit")) {
+        return NULL;
+    }
+    PyObject *batch = Py_NewRef(self->batch), *future = NULL;
+    int full = batch == Py_None;
+    if (!full && self->limit != Py_None) {
+        if (missing(batch, ((BatchCore *)batch)->keys, "keys")) {
             goto error;
         }
-        if (open->closed) {
-            full = 1;
+        Py_ssize_t limit = PyLong_AsSsize_t(self->limit);
+        if (limit == -1 && PyErr_Occurred()) {
+            goto error;
         }
-        else if (self->limit != Py_None) {
-            Py_ssize_t limit = PyLong_AsSsize_t(self->limit);
-            if (limit == -1 && PyErr_Occurred()) {
-                goto error;
-            }
-            Py_ssize_t size = PyObject_Length(open->keys);
-            if (size < 0) {
-                goto error;
-            }
-            full = size == limit;
-        }
+        full = PyList_GET_SIZE(((BatchCore *)batch)->keys) == limit;
     }
     if (full) {
         Py_DECREF(batch);
@@ -276,49 +448,38 @@ enqueue(LoaderCore *self, PyObject *key, PyObject *cache_key)
         }
     }
     BatchCore *open = (BatchCore *)batch;
-    if (missing(batch, open->loop, "loop") ||
-        missing(batch, open->create_future, "create_future") ||
-        missing(batch, open->keys, "keys") ||
-        missing(batch, open->futures, "futures") ||
-        missing(batch, open->cache_keys, "cache_keys")) {
+    if (missing(batch, open->keys, "keys") ||
+        missing(batch, open->cache_keys, "cache_keys") ||
+        missing(batch, open->futures, "futures")) {
         goto error;
     }
-    if (open->create_future == Py_None) {
-        /* What asyncio's own loop.create_future() returns, without its frame. */
-        PyObject *loop = Py_NewRef(open->loop);
-        future = PyObject_Vectorcall(Future, &loop, 0, kwnames_loop);
-        Py_DECREF(loop);
-    }
-    else {
-        future = PyObject_CallNoArgs(open->create_future);
-    }
+    future = new_future(self);
     if (future == NULL) {
         goto error;
     }
-    if (self->caching == Py_True) {
+    if (self->caching) {
         /* First: a cache map that refuses the key (raising) leaves nothing
          * queued. */
         PyObject *args[2] = {cache_key, future};
-        result = PyObject_Vectorcall(self->set, args, 2, NULL);
+        PyObject *result = PyObject_Vectorcall(self->set, args, 2, NULL);
         if (result == NULL) {
             goto error;
         }
         Py_DECREF(result);
-        if (self->key_fn != Py_None &&
-            list_append(open->cache_keys, cache_key, "cache_keys") == NULL) {
-            goto error;
-        }
     }
-    if (list_append(open->keys, key, "keys") == NULL ||
-        list_append(open->futures, future, "futures") == NULL) {
+    if (self->key_fn != Py_None && PyList_Append(open->cache_keys, cache_key) < 0) {
         goto error;
     }
-    self->misses++;
+    if (PyList_Append(open->keys, key) < 0 ||
+        PyList_Append(open->futures, future) < 0) {
+        goto error;
+    }
+    COUNTS(self)->local_misses++;
     Py_DECREF(batch);
     return future;
 
 error:
-    Py_XDECREF(batch);
+    Py_DECREF(batch);
     Py_XDECREF(future);
     return NULL;
 }
@@ -328,47 +489,106 @@ error:
 static void
 lookup_failed(PyObject *cache_key)
 {
-    PyObject *type, *value, *traceback;
     if (!PyErr_ExceptionMatches(PyExc_TypeError)) {
         return;
     }
+#if PY_VERSION_HEX >= 0x030C0000
+    /* PyErr_Fetch and PyErr_Restore are deprecated from 3.12 on. */
+    PyObject *raised = PyErr_GetRaisedException();
+#else
+    PyObject *type, *value, *traceback;
     PyErr_Fetch(&type, &value, &traceback);
+#endif
     PyObject *error = PyObject_CallOneArg(unhashable_error, cache_key);
-    if (error == NULL) {
-        Py_XDECREF(type);
-        Py_XDECREF(value);
-        Py_XDECREF(traceback);
-        return;
-    }
     if (error == Py_None) {
         /* Hashable: the lookup's own TypeError goes on. */
         Py_DECREF(error);
+#if PY_VERSION_HEX >= 0x030C0000
+        PyErr_SetRaisedException(raised);
+#else
         PyErr_Restore(type, value, traceback);
+#endif
         return;
     }
+#if PY_VERSION_HEX >= 0x030C0000
+    Py_XDECREF(raised);
+#else
     Py_XDECREF(type);
     Py_XDECREF(value);
     Py_XDECREF(traceback);
+#endif
+    if (error == NULL) {
+        return;
+    }
     /* raise ... from None */
     PyException_SetCause(error, NULL);
     PyErr_SetObject((PyObject *)Py_TYPE(error), error);
     Py_DECREF(error);
 }
 
+/* A load that finds future in flight: DataLoader.load's follower branch. */
+static PyObject *
+follow(LoaderCore *self, PyObject *future, PyObject *key)
+{
+    PyObject *followers = PyDict_GetItemWithError(self->followers, future);
+    if (followers == NULL) {
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        PyObject *args[3] = {(PyObject *)self, future, key};
+        return PyObject_VectorcallMethod(
+            str_share, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    }
+    Py_INCREF(followers);
+    PyObject *mine = new_future(self);
+    if (mine != NULL && append(followers, mine) < 0) {
+        Py_CLEAR(mine);
+    }
+    Py_DECREF(followers);
+    if (mine != NULL) {
+        COUNTS(self)->local_hits++;
+    }
+    return mine;
+}
+
 PyDoc_STRVAR(load_doc,
-"load($self, key, /)\n--\n\n"
+"load($self, /, key)\n--\n\n"
 "Load one key; return a future of its value (see DataLoader.load).");
 
 static PyObject *
-loader_load(LoaderCore *self, PyObject *key)
+loader_load(LoaderCore *self, PyObject *const *args, Py_ssize_t nargs,
+            PyObject *kwnames)
 {
+    /* The signature load(self, key), keyword included, as in Python. */
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    if (nargs + nkw != 1) {
+        PyErr_Format(PyExc_TypeError,
+                     nargs + nkw == 0
+                         ? "load() missing 1 required positional argument: 'key'"
+                         : "load() takes 2 positional arguments but %zd were given",
+                     nargs + nkw + 1);
+        return NULL;
+    }
+    if (nkw == 1 && PyUnicode_Compare(PyTuple_GET_ITEM(kwnames, 0), str_key) != 0) {
+        if (!PyErr_Occurred()) {
+            PyErr_Format(PyExc_TypeError,
+                         "load() got an unexpected keyword argument '%U'",
+                         PyTuple_GET_ITEM(kwnames, 0));
+        }
+        return NULL;
+    }
+    PyObject *key = args[0];
     if (key == Py_None) {
         PyErr_SetString(PyExc_TypeError,
                         "The loader.load() function must be called with a value, "
                         "but got: None.");
         return NULL;
     }
-    if (check_fields(self) < 0) {
+    if (missing((PyObject *)self, self->key_fn, "_key_fn") ||
+        missing((PyObject *)self, self->get, "_get") ||
+        missing((PyObject *)self, self->set, "_set") ||
+        missing((PyObject *)self, self->followers, "_followers") ||
+        missing((PyObject *)self, self->counts, "_counts")) {
         return NULL;
     }
     PyObject *cache_key;
@@ -391,13 +611,8 @@ loader_load(LoaderCore *self, PyObject *key)
         int done = is_done(future);
         if (done == 0) {
             Py_DECREF(cache_key);
-            PyObject *args[3] = {(PyObject *)self, future, key};
-            PyObject *mine = PyObject_VectorcallMethod(
-                str_share, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+            PyObject *mine = follow(self, future, key);
             Py_DECREF(future);
-            if (mine != NULL) {
-                self->hits++;
-            }
             return mine;
         }
         int cancelled = done < 0 ? -1 : is_cancelled(future);
@@ -407,7 +622,7 @@ loader_load(LoaderCore *self, PyObject *key)
                 Py_CLEAR(future);
             }
             else {
-                self->hits++;
+                COUNTS(self)->local_hits++;
             }
             return future;
         }
@@ -432,10 +647,22 @@ loader_enqueue(LoaderCore *self, PyObject *const *args, Py_ssize_t nargs)
                      "_enqueue() takes exactly 2 arguments (%zd given)", nargs);
         return NULL;
     }
-    if (check_fields(self) < 0) {
+    if (missing((PyObject *)self, self->key_fn, "_key_fn") ||
+        missing((PyObject *)self, self->set, "_set") ||
+        missing((PyObject *)self, self->counts, "_counts")) {
         return NULL;
     }
     return enqueue(self, args[0], args[1]);
+}
+
+PyDoc_STRVAR(new_future_doc,
+"_new_future($self, /)\n--\n\n"
+"A future of the loader's loop (see DataLoader._new_future).");
+
+static PyObject *
+loader_new_future(LoaderCore *self, PyObject *Py_UNUSED(ignored))
+{
+    return new_future(self);
 }
 
 PyDoc_STRVAR(settle_doc,
@@ -450,84 +677,72 @@ loader_settle(LoaderCore *self, PyObject *const *args, Py_ssize_t nargs)
                      "_settle() takes exactly 3 arguments (%zd given)", nargs);
         return NULL;
     }
-    PyObject *cache_keys = args[0], *futures = args[1];
-    if (!PyList_Check(cache_keys) || !PyList_Check(futures)) {
-        PyErr_SetString(PyExc_TypeError, "_settle() takes lists of keys and futures");
-        return NULL;
+    /* zip(cache_keys, futures, values), each read as a sequence. */
+    PyObject *seqs[3] = {NULL, NULL, NULL};
+    for (int s = 0; s < 3; s++) {
+        seqs[s] = PySequence_Fast(args[s], "zip argument must support iteration");
+        if (seqs[s] == NULL) {
+            goto error;
+        }
     }
-    PyObject *values = PySequence_Fast(args[2], "the batch's values must be iterable");
-    if (values == NULL) {
-        return NULL;
-    }
-    int keyed = PyList_GET_SIZE(cache_keys) > 0;
-    /* zip(): as far as the shortest; the sizes re-read each time round. */
+    /* As far as the shortest; the sizes re-read each time round. */
     for (Py_ssize_t i = 0;; i++) {
-        if (i >= PyList_GET_SIZE(futures) || i >= PySequence_Fast_GET_SIZE(values) ||
-            (keyed && i >= PyList_GET_SIZE(cache_keys))) {
+        if (i >= PySequence_Fast_GET_SIZE(seqs[0]) ||
+            i >= PySequence_Fast_GET_SIZE(seqs[1]) ||
+            i >= PySequence_Fast_GET_SIZE(seqs[2])) {
             break;
         }
-        PyObject *future = Py_NewRef(PyList_GET_ITEM(futures, i));
-        PyObject *value = Py_NewRef(PySequence_Fast_GET_ITEM(values, i));
+        PyObject *cache_key = Py_NewRef(PySequence_Fast_GET_ITEM(seqs[0], i));
+        PyObject *future = Py_NewRef(PySequence_Fast_GET_ITEM(seqs[1], i));
+        PyObject *value = Py_NewRef(PySequence_Fast_GET_ITEM(seqs[2], i));
         PyObject *result = NULL;
         int done = is_done(future);
-        if (done == 0) {
+        if (done > 0) {
+            /* Cancelled by its caller while the batch ran. */
+            PyObject *call[3] = {(PyObject *)self, cache_key, future};
+            result = PyObject_VectorcallMethod(
+                str_forget, call, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        }
+        else if (done == 0) {
             int error = PyObject_IsInstance(value, PyExc_Exception);
             if (error > 0) {
-                PyObject *cache_key =
-                    keyed ? PyList_GET_ITEM(cache_keys, i) : no_key;
-                Py_INCREF(cache_key);
-                PyObject *call[4] = {(PyObject *)self, future, value, cache_key};
+                PyObject *call[4] = {(PyObject *)self, cache_key, future, value};
                 result = PyObject_VectorcallMethod(
                     str_reject, call, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-                Py_DECREF(cache_key);
             }
             else if (error == 0) {
                 result = set_result(future, value);
             }
         }
-        else if (done > 0) {
-            /* Cancelled by its caller while the batch ran. */
-            if (keyed) {
-                PyObject *cache_key = Py_NewRef(PyList_GET_ITEM(cache_keys, i));
-                PyObject *call[3] = {(PyObject *)self, cache_key, future};
-                result = PyObject_VectorcallMethod(
-                    str_forget, call, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-                Py_DECREF(cache_key);
-            }
-            else {
-                result = Py_NewRef(Py_None);
-            }
-        }
+        Py_DECREF(cache_key);
         Py_DECREF(future);
         Py_DECREF(value);
         if (result == NULL) {
-            Py_DECREF(values);
-            return NULL;
+            goto error;
         }
         Py_DECREF(result);
     }
-    Py_DECREF(values);
+    for (int s = 0; s < 3; s++) {
+        Py_DECREF(seqs[s]);
+    }
     Py_RETURN_NONE;
+
+error:
+    for (int s = 0; s < 3; s++) {
+        Py_XDECREF(seqs[s]);
+    }
+    return NULL;
 }
 
 static PyMethodDef loader_methods[] = {
-    {"load", (PyCFunction)loader_load, METH_O, load_doc},
+    {"load", (PyCFunction)(void (*)(void))loader_load,
+     METH_FASTCALL | METH_KEYWORDS, load_doc},
     {"_enqueue", (PyCFunction)(void (*)(void))loader_enqueue, METH_FASTCALL,
      enqueue_doc},
+    {"_new_future", (PyCFunction)loader_new_future, METH_NOARGS,
+     new_future_doc},
     {"_settle", (PyCFunction)(void (*)(void))loader_settle, METH_FASTCALL,
      settle_doc},
-    {NULL},
-};
-
-static PyMemberDef loader_members[] = {
-    {"_key_fn", T_OBJECT_EX, offsetof(LoaderCore, key_fn), 0, NULL},
-    {"_get", T_OBJECT_EX, offsetof(LoaderCore, get), 0, NULL},
-    {"_set", T_OBJECT_EX, offsetof(LoaderCore, set), 0, NULL},
-    {"_caching", T_OBJECT_EX, offsetof(LoaderCore, caching), 0, NULL},
-    {"_batch", T_OBJECT_EX, offsetof(LoaderCore, batch), 0, NULL},
-    {"_limit", T_OBJECT_EX, offsetof(LoaderCore, limit), 0, NULL},
-    {"_misses", T_PYSSIZET, offsetof(LoaderCore, misses), 0, NULL},
-    {"_hits", T_PYSSIZET, offsetof(LoaderCore, hits), 0, NULL},
     {NULL},
 };
 
@@ -537,27 +752,24 @@ static PyTypeObject LoaderCore_Type = {
     .tp_doc = "The fields and per-load methods of DataLoader, in C.",
     .tp_basicsize = sizeof(LoaderCore),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
-    .tp_new = PyType_GenericNew,
+    /* tp_new: object.__new__, set in speedups_exec (see the top). */
     .tp_dealloc = (destructor)loader_dealloc,
     .tp_traverse = (traverseproc)loader_traverse,
     .tp_clear = (inquiry)loader_clear,
     .tp_methods = loader_methods,
     .tp_members = loader_members,
+    .tp_getset = loader_getset,
 };
 
 /* -- the module --------------------------------------------------------- */
 
 PyDoc_STRVAR(setup_doc,
-"_setup($module, unhashable_error, no_key, /)\n--\n\n"
+"_setup($module, unhashable_error, /)\n--\n\n"
 "Hand the C code the Python objects of loader.py it uses.");
 
 static PyObject *
-module_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+module_setup(PyObject *module, PyObject *unhashable)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "_setup() takes exactly 2 arguments");
-        return NULL;
-    }
     PyObject *asyncio = PyImport_ImportModule("asyncio");
     if (asyncio == NULL) {
         return NULL;
@@ -585,60 +797,89 @@ module_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_XSETREF(future_done, done);
     Py_XSETREF(future_cancelled, cancelled);
     Py_XSETREF(future_set_result, setter);
-    Py_INCREF(args[0]);
-    Py_XSETREF(unhashable_error, args[0]);
-    Py_INCREF(args[1]);
-    Py_XSETREF(no_key, args[1]);
+    Py_INCREF(unhashable);
+    Py_XSETREF(unhashable_error, unhashable);
     Py_RETURN_NONE;
 }
 
 static PyMethodDef module_methods[] = {
-    {"_setup", (PyCFunction)(void (*)(void))module_setup, METH_FASTCALL, setup_doc},
+    {"_setup", (PyCFunction)module_setup, METH_O, setup_doc},
     {NULL},
+};
+
+static int
+add_type(PyObject *module, const char *name, PyTypeObject *type)
+{
+#if PY_VERSION_HEX >= 0x030A0000
+    return PyModule_AddObjectRef(module, name, (PyObject *)type);
+#else
+    Py_INCREF(type);
+    if (PyModule_AddObject(module, name, (PyObject *)type) < 0) {
+        Py_DECREF(type);
+        return -1;
+    }
+    return 0;
+#endif
+}
+
+static int
+speedups_exec(PyObject *module)
+{
+    /* object.__new__ sets up a subclass instance's inline values. */
+    LoaderCore_Type.tp_new = PyBaseObject_Type.tp_new;
+    if (PyType_Ready(&CountsCore_Type) < 0 || PyType_Ready(&BatchCore_Type) < 0 ||
+        PyType_Ready(&LoaderCore_Type) < 0) {
+        return -1;
+    }
+#define INTERN(var, text)                                                      \
+    if (var == NULL && (var = PyUnicode_InternFromString(text)) == NULL) {     \
+        return -1;                                                             \
+    }
+    INTERN(str_share, "_share")
+    INTERN(str_new_batch, "_new_batch")
+    INTERN(str_reject, "_reject")
+    INTERN(str_forget, "_forget")
+    INTERN(str_done, "done")
+    INTERN(str_cancelled, "cancelled")
+    INTERN(str_set_result, "set_result")
+    INTERN(str_append, "append")
+    INTERN(str_key, "key")
+#undef INTERN
+    if (kwnames_loop == NULL && (kwnames_loop = Py_BuildValue("(s)", "loop")) == NULL) {
+        return -1;
+    }
+    if (add_type(module, "CountsCore", &CountsCore_Type) < 0 ||
+        add_type(module, "BatchCore", &BatchCore_Type) < 0 ||
+        add_type(module, "LoaderCore", &LoaderCore_Type) < 0) {
+        return -1;
+    }
+    return 0;
+}
+
+static PyModuleDef_Slot speedups_slots[] = {
+    {Py_mod_exec, speedups_exec},
+#if PY_VERSION_HEX >= 0x030C0000
+    /* Static types and module-level state: one interpreter per process. */
+    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
+#endif
+#ifdef Py_mod_gil
+    /* Not written for free threading (setup.py does not build it there). */
+    {Py_mod_gil, Py_MOD_GIL_USED},
+#endif
+    {0, NULL},
 };
 
 static struct PyModuleDef speedups_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "loadercache._speedups",
     .m_doc = "The per-load steps of loadercache.loader, in C.",
-    .m_size = -1,
+    .m_size = 0,
     .m_methods = module_methods,
+    .m_slots = speedups_slots,
 };
 
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
-    if (PyType_Ready(&BatchCore_Type) < 0 || PyType_Ready(&LoaderCore_Type) < 0) {
-        return NULL;
-    }
-    str_share = PyUnicode_InternFromString("_share");
-    str_new_batch = PyUnicode_InternFromString("_new_batch");
-    str_reject = PyUnicode_InternFromString("_reject");
-    str_forget = PyUnicode_InternFromString("_forget");
-    str_done = PyUnicode_InternFromString("done");
-    str_cancelled = PyUnicode_InternFromString("cancelled");
-    str_set_result = PyUnicode_InternFromString("set_result");
-    kwnames_loop = Py_BuildValue("(s)", "loop");
-    if (str_share == NULL || str_new_batch == NULL || str_reject == NULL ||
-        str_forget == NULL || str_done == NULL || str_cancelled == NULL ||
-        str_set_result == NULL || kwnames_loop == NULL) {
-        return NULL;
-    }
-    PyObject *module = PyModule_Create(&speedups_module);
-    if (module == NULL) {
-        return NULL;
-    }
-    Py_INCREF(&BatchCore_Type);
-    if (PyModule_AddObject(module, "BatchCore", (PyObject *)&BatchCore_Type) < 0) {
-        Py_DECREF(&BatchCore_Type);
-        Py_DECREF(module);
-        return NULL;
-    }
-    Py_INCREF(&LoaderCore_Type);
-    if (PyModule_AddObject(module, "LoaderCore", (PyObject *)&LoaderCore_Type) < 0) {
-        Py_DECREF(&LoaderCore_Type);
-        Py_DECREF(module);
-        return NULL;
-    }
-    return module;
+    return PyModuleDef_Init(&speedups_module);
 }

@@ -1,23 +1,35 @@
 """Types of the optional C extension; loader.py is its reference implementation."""
 
 from collections.abc import Hashable
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+class CountsCore:
+    local_hits: int
+    local_misses: int
+    batches: int
+    batched_keys: int
+    max_batch: int
+    remote_hits: int
+    remote_misses: int
+    remote_errors: int
+    failed_batches: int
 
 class BatchCore:
     loop: Any
-    create_future: Optional[Callable[[], Any]]
     keys: List[Any]
     cache_keys: List[Hashable]
     futures: List[Any]
-    closed: bool
 
 class LoaderCore:
-    def load(self, key: Any, /) -> Any: ...
+    _batch: Optional[BatchCore]
+    _limit: Optional[int]
+    _followers: Dict[Any, List[Any]]
+    _counts: CountsCore
+    def load(self, key: Any) -> Any: ...
     def _enqueue(self, key: Any, cache_key: Hashable, /) -> Any: ...
+    def _new_future(self) -> Any: ...
     def _settle(
         self, cache_keys: List[Hashable], futures: List[Any], values: Sequence[Any], /
     ) -> None: ...
 
-def _setup(
-    unhashable_error: Callable[[object], Optional[TypeError]], no_key: object, /
-) -> None: ...
+def _setup(unhashable_error: Callable[[object], Optional[TypeError]], /) -> None: ...

@@ -1,27 +1,39 @@
 """The DataLoader: queueing loads, dispatching batches, settling futures.
 
-Read top to bottom: construction, the public methods (``load``, ``load_many``,
-``clear``, ``clear_all``, ``prime``), then the private steps of a batch's life
-in the order they happen (``_enqueue``, ``_dispatch_batch``, ``_run_batch``,
-``_read_through``, ``_settle``, ``_failed_dispatch``).
+Read top to bottom: construction and the ``_valid_*`` helpers it calls, the
+public methods (``load``, ``load_many``, ``clear``, ``prime`` and their
+``_many`` forms), then the private steps of a batch's life in the order they
+happen (``_enqueue``, ``_dispatch_batch``, ``_run_batch``, ``_read_through``,
+``_settle``, ``_failed_dispatch``).
 
 A batch is the list of keys collected since the last dispatch.  The first key
 of a batch schedules its dispatch with ``batch_schedule_fn``; by default that
-is ``loop.call_soon``, and the dispatch callback starts a task whose first step
-closes the batch, so a batch collects every load made in this turn of the
-event loop *and* in the next one.  The second turn matters: graphql-core and
-``asyncio.gather`` start sibling resolvers as tasks that first run one turn
-after they are created, and a loader that closed its batch one turn earlier
-would split a list of siblings in two.  (aiodataloader and strawberry wait the
-same two turns; the JavaScript original waits for the promise job queue.)
+is ``loop.call_soon``, and the dispatch callback starts a task whose first
+step closes the batch, one turn of the event loop later, so a batch collects
+every load made in this turn *and* in the next one.  The second turn
+matters: graphql-core and ``asyncio.gather`` start sibling resolvers as tasks
+that first run one turn after they are created, and a loader that closed its
+batch one turn earlier would split a list of siblings in two.
+(aiodataloader and strawberry wait the same two turns; the JavaScript
+original waits for the promise job queue.)  Under
+``asyncio.eager_task_factory``, which runs a task's first step inside
+``create_task``, that step waits one turn before it closes the batch, so
+either factory gives the same batches.
+
+Every caller of ``load()`` gets a future of its own, so that cancelling one
+caller (a timeout, a client that went away) cancels nobody else.  The cache
+map holds the first caller's future; the loads that find it in flight get
+*followers*, futures that the first one's outcome is copied to when it
+settles (one callback per key in flight, not one per duplicate).
 
 See :mod:`loadercache.cache` for how a remote cache tier joins a dispatch.
 
-``load``, ``_enqueue`` and ``_settle`` run once per key; where the optional
-C extension ``loadercache._speedups`` was built, its line-for-line
-translations of these three replace them (see the end of this module), and
-the fields they read live in C structs under the same names (``_LoaderCore``,
-``_BatchCore``).  This module stays the reference for both.
+``load``, ``_enqueue`` and ``_settle`` run once per key; where the optional C
+extension ``loadercache._speedups`` was built, its line-for-line translations
+of these three replace them (see the end of this module), and the fields they
+read live in C structs under the same names (``_LoaderCore``, ``_BatchCore``,
+``_CountsCore``).  This module is the reference for both, and
+``tests/test_differential.py`` holds the two to the same behaviour.
 """
 
 from __future__ import annotations
@@ -33,15 +45,17 @@ import inspect
 import logging
 import os
 import reprlib
+import sysconfig
 import warnings
 from collections.abc import Hashable, Iterable, Mapping, MutableMapping
-from itertools import repeat
+from dataclasses import fields
 from typing import (
     TYPE_CHECKING,
     Any,
     Awaitable,
     Callable,
     ClassVar,
+    Dict,
     Generic,
     List,
     Literal,
@@ -59,17 +73,23 @@ from loadercache.cache import (
     MISS,
     CacheMap,
     Leased,
+    MutableMappingCacheMap,
     RemoteTier,
     RemoteTierError,
     as_cache_map,
 )
+from loadercache.gathering import Gathering
 from loadercache.stats import LoaderStats
 from loadercache.tracing import batch_span
 
 __all__ = ["SPEEDUPS", "BatchLoadFn", "DataLoader"]
 
 _speedups: Any = None
-if not os.environ.get("LOADERCACHE_NO_EXTENSIONS"):
+# Not on a free-threaded build either: the extension needs the GIL (importing
+# it there would turn the GIL back on for the whole process).
+if not os.environ.get("LOADERCACHE_NO_EXTENSIONS") and not sysconfig.get_config_var(
+    "Py_GIL_DISABLED"
+):
     # Missing without a C compiler at install time, or off CPython.
     with contextlib.suppress(ImportError):
         from loadercache import _speedups
@@ -92,32 +112,38 @@ BatchLoadFn = Callable[[List[K]], Awaitable[BatchResult[K, V]]]
 
 logger = logging.getLogger("loadercache")
 
-# Stands for the cache key of a load when the loader does not cache.
-_NO_KEY: Any = object()
-
 _short = reprlib.Repr()
 _short.maxlist = _short.maxtuple = _short.maxdict = _short.maxset = 10
 _short.maxstring = _short.maxother = 80
 
+#: The counters of :class:`LoaderStats`, kept live by the loader.
+_COUNTERS = tuple(field.name for field in fields(LoaderStats))
+
+
+class _PyCountsCore:
+    """A loader's live counters; ``_speedups.CountsCore`` holds them in C.
+
+    Slots, not LoaderStats itself: an instance attribute that shadows a class
+    attribute (a dataclass default) is never specialized by the interpreter,
+    which made each counted hit cost about 700 instructions more on 3.13.
+    """
+
+    __slots__ = _COUNTERS
+
+    def __init__(self) -> None:
+        for name in _COUNTERS:
+            setattr(self, name, 0)
+
 
 class _PyBatchCore:
-    """The fields of a batch; ``_speedups.BatchCore`` holds them as a C struct."""
+    """The fields of a batch; ``_speedups.BatchCore`` holds them in C."""
 
-    __slots__ = (
-        "cache_keys",
-        "closed",
-        "create_future",
-        "futures",
-        "keys",
-        "loop",
-    )
+    __slots__ = ("cache_keys", "futures", "keys", "loop")
 
     loop: asyncio.AbstractEventLoop
-    create_future: Optional[Callable[[], asyncio.Future[Any]]]
     keys: List[Any]
     cache_keys: List[Hashable]
     futures: List[asyncio.Future[Any]]
-    closed: bool
 
 
 class _PyLoaderCore:
@@ -126,41 +152,46 @@ class _PyLoaderCore:
     __slots__ = ()
 
 
-if TYPE_CHECKING or _speedups is None:
+if TYPE_CHECKING:
+    # The counters have LoaderStats' fields.
+    _CountsCore = LoaderStats
+    _BatchCore = _PyBatchCore
+    _LoaderCore = _PyLoaderCore
+elif _speedups is None:
+    _CountsCore = _PyCountsCore
     _BatchCore = _PyBatchCore
     _LoaderCore = _PyLoaderCore
 else:
     # C structs with the same field names: the C load() reads them directly.
+    _CountsCore = _speedups.CountsCore
     _BatchCore = _speedups.BatchCore
     _LoaderCore = _speedups.LoaderCore
 
 
-class _Batch(_BatchCore):
-    """The keys collected for one call of the batch function.
+class _Counts(_CountsCore):
+    """A loader's live counters; ``stats`` hands out snapshots."""
 
-    ``cache_keys`` is ``keys`` itself when keys are their own cache keys (no
-    ``cache_key_fn``), and empty when the loader does not cache.
+    __slots__ = ()
+
+    def snapshot(self) -> LoaderStats:
+        return LoaderStats(*[getattr(self, name) for name in _COUNTERS])
+
+
+class _Batch(_BatchCore):
+    """The loads collected for one call of the batch function.
+
+    ``cache_keys[i]`` is the cache key of ``keys[i]`` and ``futures[i]``;
+    when keys are their own cache keys (no ``cache_key_fn``), ``cache_keys``
+    is the list ``keys`` itself.
     """
 
     __slots__ = ()
 
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, cache_keys: Optional[List[Hashable]]
-    ) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, same_keys: bool) -> None:
         self.loop = loop
-        # None when the loop's create_future is asyncio's own: _enqueue then
-        # makes the same asyncio.Future without that method's frame.
-        self.create_future = (
-            None
-            if type(loop).create_future is _BASE_CREATE_FUTURE
-            else loop.create_future
-        )
-        self.keys: List[Any] = []
-        self.cache_keys: List[Hashable] = (
-            self.keys if cache_keys is None else cache_keys
-        )
-        self.futures: List[asyncio.Future[Any]] = []
-        self.closed = False
+        self.keys = []
+        self.cache_keys = self.keys if same_keys else []
+        self.futures = []
 
 
 _BASE_CREATE_FUTURE = asyncio.BaseEventLoop.create_future
@@ -169,16 +200,6 @@ _BASE_CREATE_FUTURE = asyncio.BaseEventLoop.create_future
 def _never_cached(cache_key: Hashable) -> None:
     """The cache lookup of a loader with ``cache=False``."""
     return None
-
-
-def _is_async_callable(fn: Any) -> bool:
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    if inspect.iscoroutinefunction(fn):
-        return True
-    # An object whose __call__ is a coroutine function.
-    call = getattr(type(fn), "__call__", None)  # noqa: B004
-    return call is not None and inspect.iscoroutinefunction(call)
 
 
 class DataLoader(_LoaderCore, Generic[K, V]):
@@ -200,7 +221,10 @@ class DataLoader(_LoaderCore, Generic[K, V]):
 
     * ``batch_load_fn``: ``async (keys: list[K]) -> Sequence[V | Exception]``
       aligned with the keys, or ``Mapping[K, V | Exception]`` (a key the
-      mapping lacks resolves to ``None``).
+      mapping lacks resolves to ``None``).  Any callable returning an
+      awaitable will do (a ``functools.partial``, a ``Mock(side_effect=...)``,
+      a plain function returning a coroutine); one that returns something
+      else rejects the batch with a ``TypeError``.
     * ``batch`` (default True): False calls the batch function once per key.
     * ``max_batch_size``: split larger batches into concurrent calls.
     * ``cache`` (default True): False loads every ``load()`` call anew,
@@ -225,6 +249,13 @@ class DataLoader(_LoaderCore, Generic[K, V]):
     cache: ClassVar[bool] = True
     cache_exceptions: ClassVar[Union[bool, Callable[[Exception], bool]]] = True
 
+    #: The batch function: the one passed in, or a subclass's method.  Typed
+    #: here so that a subclass whose method returns the wrong type is an error
+    #: to a type checker.
+    batch_load_fn: Callable[[List[K]], Awaitable[BatchResult[K, V]]]
+    #: Maps a key to its cache key (the key itself unless one was given).
+    get_cache_key: Callable[[K], Hashable]
+
     def __init__(
         self,
         batch_load_fn: Optional[BatchLoadFn[K, V]] = None,
@@ -242,106 +273,36 @@ class DataLoader(_LoaderCore, Generic[K, V]):
         batch_schedule_fn: Optional[Callable[[Callable[[], None]], Any]] = None,
         name: Optional[str] = None,
     ) -> None:
-        if batch_load_fn is None:
-            batch_load_fn = getattr(self, "batch_load_fn", None)
-            if batch_load_fn is None:
-                raise TypeError(
-                    "DataLoader must be constructed with a batch_load_fn, an async "
-                    "function which accepts a list of keys and returns a list of "
-                    "values of the same length (or a mapping from key to value), "
-                    "or subclassed with an async batch_load_fn method."
-                )
-        if not _is_async_callable(batch_load_fn):
-            raise TypeError(
-                "DataLoader must be constructed with a batch_load_fn that is an "
-                "async function (async def, or a functools.partial of one), "
-                f"but got {batch_load_fn!r}. Wrap a blocking function with "
-                "asyncio.to_thread inside an async def."
-            )
-        self._batch_load_fn: BatchLoadFn[K, V] = batch_load_fn
-
-        if batch is not None:
-            self.batch = batch  # type: ignore[misc]
-        if cache is not None:
-            self.cache = cache  # type: ignore[misc]
-        if max_batch_size is not None:
-            self.max_batch_size = max_batch_size  # type: ignore[misc]
-        # Read through the class: a predicate set as a class attribute must not
-        # become a bound method.
-        if cache_exceptions is None:
-            cache_exceptions = inspect.getattr_static(type(self), "cache_exceptions")
-            if isinstance(cache_exceptions, staticmethod):
-                cache_exceptions = cache_exceptions.__func__
-        if not isinstance(cache_exceptions, bool) and not callable(cache_exceptions):
-            raise TypeError(
-                "cache_exceptions must be a bool or a callable taking the "
-                f"exception, but got {cache_exceptions!r}."
-            )
-        self._cache_exceptions: Union[bool, Callable[[Exception], bool]] = (
-            cache_exceptions
-        )
-        limit = self.max_batch_size
-        if limit is not None and (
-            isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
-        ):
-            raise TypeError(
-                f"max_batch_size must be a positive int or None, but got {limit!r}."
-            )
-        self._limit: Optional[int] = 1 if not self.batch else limit
-
-        if cache_key_fn is not None and get_cache_key is not None:
-            raise TypeError("Pass cache_key_fn or its alias get_cache_key, not both.")
-        key_fn = cache_key_fn if cache_key_fn is not None else get_cache_key
-        if key_fn is None:
-            key_fn = getattr(self, "get_cache_key", None)
-        if key_fn is not None and not callable(key_fn):
-            raise TypeError(f"cache_key_fn must be callable, but got {key_fn!r}.")
-        self._key_fn: Optional[Callable[[K], Hashable]] = key_fn
-
-        self._cache_map: CacheMap[Any, V] = as_cache_map(
-            cache_map if cache_map is not None else {}
-        )
-        # Bound once: load() runs per field of every query.
-        self._caching = bool(self.cache)
-        self._get: Callable[[Hashable], Optional[asyncio.Future[V]]] = (
-            self._cache_map.get if self._caching else _never_cached
-        )
-        self._set = self._cache_map.set
-        # A remote tier is only consulted when caching is on.
-        self._remote: Optional[RemoteTier[Any, V]] = None
-        if self._caching and callable(getattr(self._cache_map, "get_many", None)):
-            self._remote = cast("RemoteTier[Any, V]", self._cache_map)
-
-        if batch_schedule_fn is not None and not callable(batch_schedule_fn):
-            raise TypeError(
-                f"batch_schedule_fn must be callable, but got {batch_schedule_fn!r}."
-            )
-        self._schedule = batch_schedule_fn
         self.name = name
-
-        if loop is not None:
-            warnings.warn(
-                "DataLoader(loop=...) is deprecated and unnecessary: a loader "
-                "binds to the running event loop the first time it is used.",
-                DeprecationWarning,
-                stacklevel=2,
-            )
-        self._loop: Optional[asyncio.AbstractEventLoop] = loop
+        if batch_load_fn is not None:
+            self.batch_load_fn = batch_load_fn
+        _check_batch_load_fn(self)
+        self._limit = _valid_limit(self, batch, max_batch_size)
+        self._key_fn = _valid_cache_key_fn(self, cache_key_fn, get_cache_key)
+        self._cache_map: CacheMap[Any, V] = (
+            MutableMappingCacheMap({}) if cache_map is None else as_cache_map(cache_map)
+        )
+        self._caching = bool(self.cache if cache is None else cache)
+        self._get = self._cache_map.get if self._caching else _never_cached
+        self._set = self._cache_map.set
+        self._remote = _remote_tier(self._cache_map) if self._caching else None
+        self._cache_exceptions = _valid_cache_exceptions(self, cache_exceptions)
+        self._schedule = _valid_batch_schedule_fn(batch_schedule_fn)
+        self._bind(_deprecated_loop(loop))
         self._batch: Optional[_Batch] = None
+        self._followers: Dict[asyncio.Future[V], List[asyncio.Future[V]]] = {}
         self._tasks: Set[asyncio.Task[None]] = set()
-        self._stats = LoaderStats()
-        # Kept apart from _stats: counted per load (by the C load() when the
-        # extension is in use).
-        self._misses = 0
-        self._hits = 0
+        self._counts = _Counts()
 
     def __repr__(self) -> str:
-        name = f" {self.name!r}" if self.name else ""
+        # Also for a loader whose __init__ raised (pytest shows it).
+        name = getattr(self, "name", None)
+        shown = f" {name!r}" if name else ""
         # The map's type, not its repr: that lists every cached future, and
         # this repr goes into error messages and log records.
-        return (
-            f"<{type(self).__name__}{name} cache_map={type(self._cache_map).__name__}>"
-        )
+        cache_map = getattr(self, "_cache_map", None)
+        kind = "" if cache_map is None else f" cache_map={type(cache_map).__name__}"
+        return f"<{type(self).__name__}{shown}{kind}>"
 
     @property
     def cache_map(self) -> CacheMap[Any, V]:
@@ -355,10 +316,7 @@ class DataLoader(_LoaderCore, Generic[K, V]):
         >>> loader.stats.batches
         1
         """
-        snapshot = LoaderStats(**self._stats.__dict__)
-        snapshot.local_hits = self._hits
-        snapshot.local_misses = self._misses
-        return snapshot
+        return self._counts.snapshot()
 
     # -- the public API --------------------------------------------------
 
@@ -367,10 +325,13 @@ class DataLoader(_LoaderCore, Generic[K, V]):
 
         >>> user = await users.load(1)
 
-        The future is shared by every ``load`` of the same cache key until the
-        key is cleared.  Raises ``TypeError`` for ``None`` or for a cache key
-        that is unhashable, and ``RuntimeError`` outside a running event loop
-        or from a second event loop.
+        Every caller gets a future of its own, so that cancelling one caller
+        cancels nobody else's load: while the key is in flight, a second load
+        gets a new future that settles with the first; once it has settled,
+        loads return the cached future itself until the key is cleared.
+        Raises ``TypeError`` for ``None`` or for a cache key that is
+        unhashable, and ``RuntimeError`` outside a running event loop or from
+        a second event loop.
         """
         if key is None:
             raise TypeError(
@@ -386,11 +347,15 @@ class DataLoader(_LoaderCore, Generic[K, V]):
             raise error from None
         if future is not None:
             if not future.done():
-                shared = self._share(future, key)
-                self._hits += 1
-                return shared
+                followers = self._followers.get(future)
+                if followers is None:
+                    return self._share(future, key)
+                mine = self._new_future()
+                followers.append(mine)
+                self._counts.local_hits += 1
+                return mine
             if not future.cancelled():
-                self._hits += 1
+                self._counts.local_hits += 1
                 return future
             # Cancelled by its caller before its batch settled, and left in
             # the cache until then: this load replaces it.
@@ -409,22 +374,31 @@ class DataLoader(_LoaderCore, Generic[K, V]):
     def load_many(
         self, keys: Iterable[K], *, return_exceptions: bool = False
     ) -> asyncio.Future[List[Any]]:
-        """Load several keys; return a future of their values in key order.
+        """Load several keys; return one future of their values in key order.
 
         >>> a, b = await users.load_many([1, 2])
 
-        The first failure raises, as ``asyncio.gather`` does; with
-        ``return_exceptions=True`` each failed key's exception takes its place
-        in the list instead (JavaScript's ``loadMany``).
+        The future settles when the last of the keys has: with the first
+        failed key's exception (in key order), or with ``return_exceptions=
+        True`` with a list holding each failed key's exception in its place
+        (JavaScript's ``loadMany``).  Cancelling it cancels its loads, as
+        cancelling an ``asyncio.gather`` does.  A ``str`` or ``bytes`` is
+        refused: it is an iterable of characters, almost never a list of keys.
         """
         if isinstance(keys, (str, bytes)) or not isinstance(keys, Iterable):
             raise TypeError(
-                "The loader.load_many() function must be called with an iterable "
-                f"of keys, but got: {_short.repr(keys)}."
+                "The loader.load_many() function must be called with Iterable<key> "
+                f"but got: {_short.repr(keys)}."
+                + (
+                    " A str or bytes would load each of its characters; pass a "
+                    "list of keys."
+                    if isinstance(keys, (str, bytes))
+                    else ""
+                )
             )
-        return asyncio.gather(
-            *[self.load(key) for key in keys], return_exceptions=return_exceptions
-        )
+        futures = [self.load(key) for key in keys]
+        loop = futures[0].get_loop() if futures else self._bound_loop()
+        return Gathering.of(loop, futures, return_exceptions)
 
     def clear(self: _Self, key: K) -> _Self:
         """Forget the cached value of *key*; return the loader for chaining.
@@ -433,6 +407,15 @@ class DataLoader(_LoaderCore, Generic[K, V]):
         """
         if self._caching:
             self._cache_map.delete(self._cache_key(key))
+        return self
+
+    def clear_many(self: _Self, keys: Iterable[K]) -> _Self:
+        """Forget the cached values of *keys*; return the loader for chaining.
+
+        >>> users.clear_many([1, 2])
+        """
+        for key in keys:
+            self.clear(key)
         return self
 
     def clear_all(self: _Self) -> _Self:
@@ -445,18 +428,25 @@ class DataLoader(_LoaderCore, Generic[K, V]):
             self._cache_map.clear()
         return self
 
-    def prime(self: _Self, key: K, value: Union[V, Exception]) -> _Self:
+    def prime(
+        self: _Self, key: K, value: Union[V, Exception], force: bool = False
+    ) -> _Self:
         """Cache *value* for *key* unless the key is cached already; chainable.
 
-        An ``Exception`` value caches a rejection.  To overwrite, clear first:
-        ``loader.clear(key).prime(key, value)``.
+        >>> users.prime(1, alice).prime(2, bob, force=True)
+
+        An ``Exception`` value caches a rejection.  ``force=True`` replaces
+        what the key holds (as ``clear(key).prime(key, value)`` does); a load
+        of the key already in flight still settles its callers with what the
+        batch function returns.
         """
         if not self._caching:
             return self
         cache_key = self._cache_key(key)
-        existing = self._cache_map.get(cache_key)
-        if existing is not None and not existing.cancelled():
-            return self
+        if not force:
+            existing = self._cache_map.get(cache_key)
+            if existing is not None and not existing.cancelled():
+                return self
         future: asyncio.Future[V] = self._bound_loop().create_future()
         if isinstance(value, Exception):
             future.set_exception(value)
@@ -467,6 +457,17 @@ class DataLoader(_LoaderCore, Generic[K, V]):
         self._cache_map.set(cache_key, future)
         return self
 
+    def prime_many(
+        self: _Self, values: Mapping[K, Union[V, Exception]], force: bool = False
+    ) -> _Self:
+        """Prime every key of *values* with its value; chainable.
+
+        >>> users.prime_many({1: alice, 2: bob})
+        """
+        for key, value in values.items():
+            self.prime(key, value, force)
+        return self
+
     # -- helpers of the public API ---------------------------------------
 
     def _cache_key(self, key: K) -> Hashable:
@@ -475,6 +476,16 @@ class DataLoader(_LoaderCore, Generic[K, V]):
         if error is not None:
             raise error
         return cache_key
+
+    def _bind(self, loop: Optional[asyncio.AbstractEventLoop]) -> None:
+        self._loop = loop
+        # None when the loop's create_future is asyncio's own: _new_future
+        # then makes the same asyncio.Future without that method's frame.
+        self._create_future: Optional[Callable[[], asyncio.Future[Any]]] = (
+            None
+            if loop is None or type(loop).create_future is _BASE_CREATE_FUTURE
+            else loop.create_future
+        )
 
     def _bound_loop(self) -> asyncio.AbstractEventLoop:
         try:
@@ -498,68 +509,74 @@ class DataLoader(_LoaderCore, Generic[K, V]):
             )
         # First use, or the old loop is closed (a test suite's loop per test):
         # bind to this loop; nothing queued on the dead loop can ever run.
-        self._loop = loop
+        self._bind(loop)
         self._batch = None
+        self._followers = {}
         return loop
 
-    def _share(self, future: asyncio.Future[V], key: K) -> asyncio.Future[V]:
-        """A load of an in-flight key: give this caller a future of its own.
+    def _new_future(self) -> asyncio.Future[V]:
+        make = self._create_future
+        return asyncio.Future(loop=self._loop) if make is None else make()
 
-        If callers shared the in-flight future itself, cancelling one of them
-        (a timeout, a client that went away) would cancel it for all.
+    def _share(self, future: asyncio.Future[V], key: K) -> asyncio.Future[V]:
+        """The first load that finds *future* in flight: start its followers.
+
+        Later loads of the key join the list directly (in ``load``).
         """
         loop = future.get_loop()
-        if loop.is_closed():
-            # Left over from a closed loop: it will never settle.
+        if loop is not self._loop or loop.is_closed():
+            # Left over from a closed loop, so it will never settle (or not
+            # of this loader's loop at all): load the key anew.
             return self._enqueue(key, self._cache_key(key))
-        mine: asyncio.Future[V] = loop.create_future()
-        future.add_done_callback(functools.partial(self._relay, mine, key))
+        mine = self._new_future()
+        self._followers[future] = [mine]
+        future.add_done_callback(functools.partial(self._fan_out, key))
+        self._counts.local_hits += 1
         return mine
 
-    def _relay(
-        self, mine: asyncio.Future[V], key: K, shared: asyncio.Future[V]
-    ) -> None:
-        if mine.done():
+    def _fan_out(self, key: K, future: asyncio.Future[V]) -> None:
+        """*future* settled: copy its outcome to the loads that followed it."""
+        followers = self._followers.pop(future, [])
+        if not future.cancelled():
+            _copy_outcome(future, followers)
             return
-        if shared.cancelled():
-            # The caller holding the shared future was cancelled; this caller
-            # was not, and still wants the value: load it again.
-            try:
-                again = self.load(key)
-            except Exception as error:
-                mine.set_exception(error)
-                return
-            again.add_done_callback(functools.partial(_copy_outcome, mine))
+        # The first caller was cancelled; the followers were not, and still
+        # want the value: load it again, once for all of them.
+        waiting = [follower for follower in followers if not follower.done()]
+        if not waiting:
             return
-        _copy_outcome(mine, shared)
+        try:
+            again = self.load(key)
+        except Exception as error:
+            for follower in waiting:
+                follower.set_exception(error)
+            return
+        again.add_done_callback(functools.partial(_copy_outcome, targets=waiting))
 
     # -- a batch's life ----------------------------------------------------
 
     def _enqueue(self, key: K, cache_key: Hashable) -> asyncio.Future[V]:
         """Queue a load that missed the cache (cache_key is unused without cache)."""
         batch = self._batch
-        if batch is None or batch.closed or len(batch.keys) == self._limit:
+        if batch is None or len(batch.keys) == self._limit:
             batch = self._new_batch()
-        make = batch.create_future
-        future: asyncio.Future[V] = (
-            asyncio.Future(loop=batch.loop) if make is None else make()
-        )
+        future = self._new_future()
         if self._caching:
             # First: a cache map that refuses the key (raising) leaves
             # nothing queued.
             self._set(cache_key, future)
-            if self._key_fn is not None:
-                batch.cache_keys.append(cache_key)
+        if self._key_fn is not None:
+            batch.cache_keys.append(cache_key)
         batch.keys.append(key)
         batch.futures.append(future)
-        self._misses += 1
+        self._counts.local_misses += 1
         return future
 
     def _new_batch(self) -> _Batch:
         # The loop is checked once per batch, not per load: on Python 3.11 and
         # older, asyncio.get_running_loop() makes a getpid() system call.
         loop = self._bound_loop()
-        batch = _Batch(loop, None if self._caching and self._key_fn is None else [])
+        batch = _Batch(loop, self._key_fn is None)
         callback = functools.partial(self._dispatch_batch, batch)
         if self._schedule is None:
             loop.call_soon(callback)
@@ -576,40 +593,51 @@ class DataLoader(_LoaderCore, Generic[K, V]):
         loop = batch.loop
         if loop.is_closed():
             return
-        task = loop.create_task(self._run_batch(batch))
+        starting = [True]  # true while an eager task factory runs the first step
+        task = loop.create_task(self._run_batch(batch, starting))
+        starting[0] = False
         # The event loop keeps only weak references to tasks.
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run_batch(self, batch: _Batch) -> None:
-        batch.closed = True
-        if self._batch is batch:
-            self._batch = None
+    async def _run_batch(self, batch: _Batch, starting: List[bool]) -> None:
         keys, cache_keys, futures = batch.keys, batch.cache_keys, batch.futures
-        if not futures:
-            return  # its only load was refused by the cache map's set
-        # All futures of a batch come from one loop's create_future: one type.
-        if any(map(type(futures[0]).done, futures)):
-            # Loads cancelled before dispatch are not loaded at all.
-            keys, cache_keys, futures = self._drop_done(keys, cache_keys, futures)
-            if not keys:
-                return
         try:
+            try:
+                if starting[0]:
+                    # asyncio.eager_task_factory runs this first step inside
+                    # create_task, in the turn of the dispatch callback: close
+                    # the batch one turn later all the same.
+                    await asyncio.sleep(0)
+            finally:
+                # Closed: loads from now on go to a new batch.
+                if self._batch is batch:
+                    self._batch = None
+            if not futures:
+                return  # its only load was refused by the cache map's set
+            # All futures of a batch come from one loop's create_future.
+            if any(map(type(futures[0]).done, futures)):
+                # Loads cancelled before dispatch are not loaded at all.
+                keys, cache_keys, futures = self._drop_done(keys, cache_keys, futures)
+                if not keys:
+                    return
             if self._remote is not None:
                 keys, cache_keys, futures = await self._read_through(
                     self._remote, keys, cache_keys, futures
                 )
                 if not keys:
                     return
-            stats = self._stats
-            stats.batches += 1
-            stats.batched_keys += len(keys)
-            if len(keys) > stats.max_batch:
-                stats.max_batch = len(keys)
+            counts = self._counts
+            counts.batches += 1
+            counts.batched_keys += len(keys)
+            if len(keys) > counts.max_batch:
+                counts.max_batch = len(keys)
             with batch_span(self.name, len(keys)):
-                result = await self._batch_load_fn(list(keys))
+                loading = self.batch_load_fn(list(keys))
+                if not inspect.isawaitable(loading):
+                    raise _not_awaitable_error(loading)
                 # Inside the span: a result breaking the contract is its error.
-                values = _check_result(result, keys)
+                values = _check_result(await loading, keys)
         except Exception as error:
             self._failed_dispatch(cache_keys, futures, error)
             return
@@ -646,11 +674,13 @@ class DataLoader(_LoaderCore, Generic[K, V]):
         for i, future in enumerate(futures):
             if not future.done():
                 kept.append(i)
-            elif cache_keys:
+            else:
                 self._forget(cache_keys[i], future)  # cancelled by its caller
-        if cache_keys:
-            cache_keys = [cache_keys[i] for i in kept]
-        return [keys[i] for i in kept], cache_keys, [futures[i] for i in kept]
+        return (
+            [keys[i] for i in kept],
+            [cache_keys[i] for i in kept],
+            [futures[i] for i in kept],
+        )
 
     async def _read_through(
         self,
@@ -669,7 +699,7 @@ class DataLoader(_LoaderCore, Generic[K, V]):
                 )
         except Exception as error:
             self._remote_failed("read", error)
-            self._stats.remote_misses += len(cache_keys)
+            self._counts.remote_misses += len(cache_keys)
             return keys, cache_keys, futures
         todo: List[int] = []
         leased: List[int] = []
@@ -684,8 +714,8 @@ class DataLoader(_LoaderCore, Generic[K, V]):
                 self._forget(cache_keys[i], futures[i])  # cancelled meanwhile
         for i in leased:
             self._wait_for(found[i], keys[i], cache_keys[i], futures[i])
-        self._stats.remote_hits += len(found) - len(todo) - len(leased)
-        self._stats.remote_misses += len(todo)
+        self._counts.remote_hits += len(found) - len(todo) - len(leased)
+        self._counts.remote_misses += len(todo)
         if len(todo) == len(keys):
             return keys, cache_keys, futures
         return (
@@ -725,18 +755,19 @@ class DataLoader(_LoaderCore, Generic[K, V]):
         elif value is MISS:
             # The other load failed or took too long: load it here, in a
             # batch of this loader's own (which asks the tier again).
-            self._stats.remote_misses += 1
+            self._counts.remote_misses += 1
             self._requeue(key, cache_key, future)
         else:
-            self._stats.remote_hits += 1
+            self._counts.remote_hits += 1
             future.set_result(value)
 
     def _requeue(
         self, key: Any, cache_key: Hashable, future: asyncio.Future[V]
     ) -> None:
-        """Queue a load whose future is in the cache map already."""
+        """Queue a load whose future is in the cache map already (as the end
+        of _enqueue does)."""
         batch = self._batch
-        if batch is None or batch.closed or len(batch.keys) == self._limit:
+        if batch is None or len(batch.keys) == self._limit:
             batch = self._new_batch()
         if self._key_fn is not None:
             batch.cache_keys.append(cache_key)
@@ -762,7 +793,7 @@ class DataLoader(_LoaderCore, Generic[K, V]):
             self._remote_failed("write", error)
 
     def _remote_failed(self, what: str, error: Exception) -> None:
-        self._stats.remote_errors += 1
+        self._counts.remote_errors += 1
         # A tier raising RemoteTierError has logged the outage itself, once;
         # logging it again here would log it once per batch.
         log = logger.debug if isinstance(error, RemoteTierError) else logger.warning
@@ -779,24 +810,20 @@ class DataLoader(_LoaderCore, Generic[K, V]):
         futures: List[asyncio.Future[V]],
         values: Sequence[Any],
     ) -> None:
-        for future, value, cache_key in zip(
-            futures, values, cache_keys or repeat(_NO_KEY)
-        ):
+        for cache_key, future, value in zip(cache_keys, futures, values):
             if future.done():
                 # Cancelled by its caller while the batch ran.
-                if cache_key is not _NO_KEY:
-                    self._forget(cache_key, future)
-                continue
-            if isinstance(value, Exception):
-                self._reject(future, value, cache_key)
+                self._forget(cache_key, future)
+            elif isinstance(value, Exception):
+                self._reject(cache_key, future, value)
             else:
                 future.set_result(value)
 
     def _reject(
-        self, future: asyncio.Future[V], error: Exception, cache_key: Hashable
+        self, cache_key: Hashable, future: asyncio.Future[V], error: Exception
     ) -> None:
         future.set_exception(error)
-        if cache_key is not _NO_KEY and not self._caches(error):
+        if not self._caches(error):
             self._forget(cache_key, future)
 
     def _caches(self, error: Exception) -> bool:
@@ -825,10 +852,9 @@ class DataLoader(_LoaderCore, Generic[K, V]):
         The failure belongs to the batch, not to any key, so the next load of
         any of these keys tries again.
         """
-        self._stats.failed_batches += 1
-        for i, future in enumerate(futures):
-            if cache_keys:
-                self._forget(cache_keys[i], future)
+        self._counts.failed_batches += 1
+        for cache_key, future in zip(cache_keys, futures):
+            self._forget(cache_key, future)
             if not future.done():
                 future.set_exception(error)
 
@@ -837,13 +863,158 @@ class DataLoader(_LoaderCore, Generic[K, V]):
 
         Only if the map still holds this future: a clear() and a new load may
         have replaced it, and the new one must stay.  None of these values was
-        ever written to a remote tier, so only the local entry goes.
+        ever written to a remote tier, so only the local entry goes.  A loader
+        that does not cache has nothing to drop.
         """
+        if not self._caching:
+            return
         if self._remote is not None:
             self._remote.discard(cache_key, future)
         elif self._cache_map.get(cache_key) is future:
             self._cache_map.delete(cache_key)
 
+
+def _copy_outcome(
+    source: asyncio.Future[Any], targets: List[asyncio.Future[Any]]
+) -> None:
+    """Settle each of *targets* that is still pending as *source* settled."""
+    if source.cancelled():
+        for target in targets:
+            if not target.done():
+                target.cancel()
+        return
+    # Read the exception even when no target is left: the source may be a
+    # reload that only these followers wait on, and asyncio would report its
+    # exception as never retrieved.
+    error = source.exception()
+    for target in targets:
+        if target.done():
+            continue
+        if error is not None:
+            target.set_exception(error)
+        else:
+            target.set_result(source.result())
+
+
+# -- construction helpers: each decides one option, with one message ----------
+
+
+def _check_batch_load_fn(loader: DataLoader[Any, Any]) -> None:
+    batch_load_fn = getattr(loader, "batch_load_fn", None)
+    if not callable(batch_load_fn):
+        raise TypeError(
+            "DataLoader must be constructed with a batch_load_fn, an async "
+            "function which accepts a list of keys and returns a list of values "
+            "of the same length (or a mapping from key to value), or subclassed "
+            f"with an async batch_load_fn method, but got {batch_load_fn!r}."
+        )
+
+
+def _valid_limit(
+    loader: DataLoader[Any, Any], batch: Optional[bool], max_batch_size: Optional[int]
+) -> Optional[int]:
+    """The most keys per batch call: 1 without batching, else max_batch_size."""
+    # Arguments over class attributes, as with aiodataloader (which copies the
+    # arguments onto the instance; here they stay out of its __dict__).
+    if not (loader.batch if batch is None else batch):
+        return 1
+    limit = loader.max_batch_size if max_batch_size is None else max_batch_size
+    if limit is not None and (
+        isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
+    ):
+        raise TypeError(
+            f"max_batch_size must be a positive int or None, but got {limit!r}."
+        )
+    return limit
+
+
+def _valid_cache_key_fn(
+    loader: DataLoader[K, Any],
+    cache_key_fn: Optional[Callable[[K], Hashable]],
+    get_cache_key: Optional[Callable[[K], Hashable]],
+) -> Optional[Callable[[K], Hashable]]:
+    """The key function, None when keys are their own cache keys.
+
+    Sets ``loader.get_cache_key`` (to the key itself without a key function)
+    unless it is a method of the loader's class, as aiodataloader does.
+    """
+    if cache_key_fn is not None and get_cache_key is not None:
+        raise TypeError("Pass cache_key_fn or its alias get_cache_key, not both.")
+    key_fn = cache_key_fn if cache_key_fn is not None else get_cache_key
+    from_class = key_fn is None
+    if from_class:
+        key_fn = getattr(loader, "get_cache_key", None)
+    if key_fn is not None and not callable(key_fn):
+        raise TypeError(f"cache_key_fn must be callable, but got {key_fn!r}.")
+    if key_fn is None:
+        loader.get_cache_key = _same_key
+    elif not from_class:
+        loader.get_cache_key = key_fn
+    return key_fn
+
+
+def _same_key(key: K) -> K:
+    """The cache key of a loader without ``cache_key_fn``: the key itself."""
+    return key
+
+
+def _remote_tier(cache_map: CacheMap[Any, V]) -> Optional[RemoteTier[Any, V]]:
+    if callable(getattr(cache_map, "get_many", None)):
+        return cast("RemoteTier[Any, V]", cache_map)
+    return None
+
+
+def _valid_cache_exceptions(
+    loader: DataLoader[Any, Any],
+    cache_exceptions: Union[bool, Callable[[Exception], bool], None],
+) -> Union[bool, Callable[[Exception], bool]]:
+    if cache_exceptions is None:
+        # Read through the class: a predicate set as a class attribute must
+        # not become a bound method.
+        cache_exceptions = _class_attribute(type(loader), "cache_exceptions")
+        if isinstance(cache_exceptions, staticmethod):
+            cache_exceptions = cache_exceptions.__func__
+    if not isinstance(cache_exceptions, bool) and not callable(cache_exceptions):
+        raise TypeError(
+            "cache_exceptions must be a bool or a callable taking the "
+            f"exception, but got {cache_exceptions!r}."
+        )
+    return cache_exceptions
+
+
+def _class_attribute(cls: type, name: str) -> Any:
+    """*name* as the class defines it, unbound (what inspect.getattr_static
+    finds on a class, for a tenth of the time)."""
+    for base in cls.__mro__:
+        if name in base.__dict__:
+            return base.__dict__[name]
+    raise AttributeError(name)
+
+
+def _valid_batch_schedule_fn(
+    batch_schedule_fn: Optional[Callable[[Callable[[], None]], Any]],
+) -> Optional[Callable[[Callable[[], None]], Any]]:
+    if batch_schedule_fn is not None and not callable(batch_schedule_fn):
+        raise TypeError(
+            f"batch_schedule_fn must be callable, but got {batch_schedule_fn!r}."
+        )
+    return batch_schedule_fn
+
+
+def _deprecated_loop(
+    loop: Optional[asyncio.AbstractEventLoop],
+) -> Optional[asyncio.AbstractEventLoop]:
+    if loop is not None:
+        warnings.warn(
+            "DataLoader(loop=...) is deprecated and unnecessary: a loader "
+            "binds to the running event loop the first time it is used.",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+    return loop
+
+
+# -- errors and results ---------------------------------------------------------
 
 # Exceptions a batch task must let through once its loads are settled:
 # cancellation, and the ones asyncio itself re-raises out of the event loop.
@@ -862,21 +1033,14 @@ def _unhashable_error(cache_key: object) -> Optional[TypeError]:
     return None
 
 
-def _copy_outcome(target: asyncio.Future[Any], source: asyncio.Future[Any]) -> None:
-    if source.cancelled():
-        if not target.done():
-            target.cancel()
-        return
-    # Read the exception even when the target is gone: the source may be a
-    # reload that only this relay holds, and asyncio would report its
-    # exception as never retrieved.
-    error = source.exception()
-    if target.done():
-        return
-    if error is not None:
-        target.set_exception(error)
-    else:
-        target.set_result(source.result())
+def _not_awaitable_error(returned: object) -> TypeError:
+    return TypeError(
+        "DataLoader must be constructed with a function which accepts a list of "
+        "keys and returns an awaitable of a list of values of the same length "
+        "(or a mapping from key to value), but the function returned "
+        f"{_short.repr(returned)}, which is not awaitable; make it an async "
+        "function."
+    )
 
 
 def _check_result(result: Any, keys: List[Any]) -> Sequence[Any]:
@@ -914,11 +1078,19 @@ def _check_result(result: Any, keys: List[Any]) -> Sequence[Any]:
     return values
 
 
+# -- the C translations ---------------------------------------------------------
+
+#: The per-load methods ``_speedups`` translates, as this module defines them:
+#: tests build a loader with these on a C-extension build, so that one process
+#: holds the two to the same behaviour.
+PYTHON_METHODS: Dict[str, Callable[..., Any]] = {
+    name: DataLoader.__dict__[name]
+    for name in ("load", "_enqueue", "_new_future", "_settle")
+}
+
 if _speedups is not None:
-    # The C translations of the three per-load methods above take their
-    # place; everything they call back (_share, _new_batch, _reject) stays
-    # the Python above.
-    _speedups._setup(_unhashable_error, _NO_KEY)
-    DataLoader.load = _speedups.LoaderCore.load  # type: ignore[method-assign]
-    DataLoader._enqueue = _speedups.LoaderCore._enqueue  # type: ignore[method-assign]
-    DataLoader._settle = _speedups.LoaderCore._settle  # type: ignore[method-assign]
+    # The C translations take the place of the Python above; everything they
+    # call back (_share, _new_batch, _reject, _forget) stays the Python.
+    _speedups._setup(_unhashable_error)
+    for _name in PYTHON_METHODS:
+        setattr(DataLoader, _name, getattr(_speedups.LoaderCore, _name))

@@ -8,8 +8,9 @@ then one test per guard of issue 4, so a failure names the guard it broke:
   the client and, with MONITOR, at the server); skipped without the Redis
   extra or a server, unless ``LOADERCACHE_REQUIRE_REDIS=1``;
 * loadercache keeps at least half its floor target (0.45 of the floor's
-  throughput) in scenarios 1, 2, 5 and 6: a loss that large is a regression,
-  not noise.  Tighter timing thresholds would flap on shared CI machines.
+  throughput; as pure Python a third, 0.30) in scenarios 1, 2, 5 and 6: a
+  loss that large is a regression, not noise.  Tighter timing thresholds
+  would flap on shared CI machines.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import pytest
+
+import loadercache
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIRE_REDIS = os.environ.get("LOADERCACHE_REQUIRE_REDIS") == "1"
@@ -85,13 +88,16 @@ def test_throughput_keeps_half_the_floor_target(
     quick_run: Dict[str, Any], scenario: str
 ) -> None:
     checks = _checks(quick_run, scenario)
-    assert [c["what"] for c in checks] == ["loadercache: throughput >= 0.45 x floor"]
+    guard = "0.45" if loadercache.SPEEDUPS else "0.30"  # pure Python: a third
+    assert [c["what"] for c in checks] == [
+        f"loadercache: throughput >= {guard} x floor"
+    ]
     _assert_ok(quick_run, checks)
 
 
 def test_every_scenario_runs_in_quick_mode(quick_run: Dict[str, Any]) -> None:
     # So that the scenarios no guard covers still run in CI, and do not rot.
-    for key in ["1", "2", "3", "4", "5", "6", "7", "8a", "8b"]:
+    for key in ["1", "2", "3", "4", "5", "6", "6b", "7", "8a", "8b", "10a", "10b"]:
         assert key in quick_run["scenarios"], key
         assert f"[{key}]" in quick_run["output"]
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import sys
 import threading
+import unittest.mock
 from typing import Any, Awaitable, Callable, Dict, List, Sequence, Tuple, TypeVar
 
 import pytest
@@ -149,12 +151,40 @@ async def _async_batch(keys: List[int]) -> List[int]:
 
 @pytest.mark.parametrize(
     "batch_load_fn",
-    [_sync_batch, lambda keys: _async_batch(keys), 42],
-    ids=["def", "lambda returning a coroutine", "not callable"],
+    [
+        lambda keys: _async_batch(keys),
+        unittest.mock.Mock(side_effect=_async_batch),
+        functools.partial(lambda keys: _async_batch(keys)),
+    ],
+    ids=["lambda returning a coroutine", "Mock(side_effect=async_fn)", "partial"],
 )
-def test_batch_load_fn_that_is_not_async_is_refused(batch_load_fn: Any) -> None:
-    with pytest.raises(TypeError, match="async function"):
-        DataLoader(batch_load_fn)
+async def test_any_callable_returning_an_awaitable_is_accepted(
+    batch_load_fn: Any,
+) -> None:
+    loader = DataLoader(batch_load_fn)
+    assert await loader.load_many([1, 2]) == [1, 2]
+
+
+async def test_a_batch_function_returning_no_awaitable_rejects_its_batch() -> None:
+    loader = DataLoader(_sync_batch)
+    results = await loader.load_many([1, 2], return_exceptions=True)
+    assert isinstance(results[0], TypeError) and results[0] is results[1]
+    assert "returned [1, 2], which is not awaitable" in str(results[0])
+    # A failed batch caches nothing.
+    assert loader.stats.failed_batches == 1
+
+
+def test_batch_load_fn_that_is_not_callable_is_refused() -> None:
+    with pytest.raises(TypeError, match=r"async function .* but got 42"):
+        DataLoader(42)  # type: ignore[arg-type]
+
+
+def test_a_loader_built_from_functions_exposes_them_as_aiodataloader_does() -> None:
+    loader = DataLoader(_async_batch)
+    assert loader.batch_load_fn is _async_batch
+    assert loader.get_cache_key(7) == 7
+    keyed = DataLoader(_async_batch, get_cache_key=str)
+    assert keyed.get_cache_key is str
 
 
 def test_missing_batch_load_fn_is_refused() -> None:
@@ -453,8 +483,18 @@ async def test_load_many_raises_the_first_failure_or_returns_exceptions(
 @pytest.mark.parametrize("keys", ["abc", b"abc", 42])
 async def test_load_many_refuses_a_string_or_a_non_iterable(keys: Any) -> None:
     loader, _ = identity_loader()
-    with pytest.raises(TypeError, match="iterable of keys"):
+    with pytest.raises(TypeError, match="must be called with Iterable<key> but got"):
         loader.load_many(keys)
+
+
+async def test_load_many_of_none_says_what_aiodataloader_says() -> None:
+    loader, _ = identity_loader()
+    with pytest.raises(TypeError) as raised:
+        loader.load_many(None)  # type: ignore[arg-type]
+    assert str(raised.value) == (
+        "The loader.load_many() function must be called with Iterable<key> "
+        "but got: None."
+    )
 
 
 async def test_clear_clear_all_and_prime_chain(
@@ -1104,6 +1144,9 @@ async def test_cancelled_load_is_not_left_in_the_cache(
     cancelled.cancel()
     gate.open.set()
     assert await within(kept) == "b"
+    # Settling forgot the cancelled future, rather than leave it for the next
+    # load to find and replace.
+    assert cache_map.get("a") is None
     assert await within(loader.load("a")) == "a"
     # A local map only ever held the cancelled future: "a" is loaded again.
     # The batch did load "a", so a shared tier may answer the next load
@@ -1284,3 +1327,177 @@ async def test_stats_count_loads_hits_and_batches(
         "max_batch": 2,
     }
     assert stats["mean_batch"] == 4 / 3
+
+
+# -- duplicates in flight ------------------------------------------------------
+
+
+async def test_each_caller_of_a_key_in_flight_gets_a_future_of_its_own(
+    cache_map_factory: CacheMapFactory,
+) -> None:
+    loader, calls = identity_loader(cache_map=cache_map_factory())
+    futures = [loader.load(key % 3) for key in range(12)]
+    assert len({id(future) for future in futures}) == 12
+    assert await within(asyncio.gather(*futures)) == [key % 3 for key in range(12)]
+    assert calls == [[0, 1, 2]]
+    assert (loader.stats.local_hits, loader.stats.local_misses) == (9, 3)
+    # Settled: later loads share the cached future.
+    assert loader.load(1) is loader.load(1)
+
+
+async def test_cancelling_followers_spares_the_first_and_the_other_followers() -> None:
+    gate = Gate()
+    loader = DataLoader(gate)
+    first, *followers = [loader.load("a") for _ in range(4)]
+    await within(gate.running.wait())
+    followers[0].cancel()
+    followers[2].cancel()
+    gate.open.set()
+    assert await within(asyncio.gather(first, followers[1])) == ["a", "a"]
+    assert followers[0].cancelled() and followers[2].cancelled()
+    assert gate.calls == [["a"]]
+
+
+async def test_followers_of_a_failed_load_get_its_exception() -> None:
+    error = ValueError("no")
+
+    async def batch_load(keys: List[int]) -> List[Exception]:
+        return [error for _ in keys]
+
+    loader = DataLoader(batch_load)
+    results = await within(
+        asyncio.gather(*[loader.load(1) for _ in range(3)], return_exceptions=True)
+    )
+    assert results == [error, error, error]
+
+
+# -- load_many as one future ---------------------------------------------------
+
+
+async def test_load_many_waits_for_keys_in_flight_in_earlier_batches() -> None:
+    gate = Gate()
+    loader = DataLoader(gate)
+    early = loader.load(1)
+    await within(gate.running.wait())
+    many = loader.load_many([2, 1, 3])
+    await within(gate.entered(2))
+    assert not many.done()
+    gate.open.set()
+    assert await within(many) == [2, 1, 3]
+    assert await early == 1
+    assert gate.calls == [[1], [2, 3]]
+
+
+async def test_load_many_raises_the_first_failure_in_key_order() -> None:
+    async def batch_load(keys: List[int]) -> List[Any]:
+        return [KeyError(key) if key < 0 else key for key in keys]
+
+    loader = DataLoader(batch_load)
+    with pytest.raises(KeyError, match="-2"):
+        await within(loader.load_many([1, -2, -3]))
+
+
+async def test_cancelling_load_many_cancels_its_loads_only() -> None:
+    gate = Gate()
+    loader = DataLoader(gate)
+    other = loader.load(1)
+    many = loader.load_many([1, 2])
+    await within(gate.running.wait())
+    many.cancel()
+    gate.open.set()
+    assert await within(other) == 1
+    with pytest.raises(asyncio.CancelledError):
+        await many
+    assert gate.calls == [[1, 2]]
+
+
+async def test_load_many_of_cached_keys_is_done_at_once() -> None:
+    loader, _ = identity_loader()
+    loader.prime(1, "one").prime(2, "two")
+    many = loader.load_many([2, 1])
+    assert many.done() and many.result() == ["two", "one"]
+    assert (await loader.load_many([])) == []
+
+
+# -- the event loop's task factory ---------------------------------------------
+
+
+FACTORIES = ["default"]
+if sys.version_info >= (3, 12):
+    FACTORIES.append("eager")
+
+
+@pytest.mark.parametrize("factory", FACTORIES)
+def test_siblings_that_yield_once_share_a_batch_under_either_task_factory(
+    factory: str,
+) -> None:
+    calls: Calls = []
+
+    async def batch_load(keys: List[int]) -> List[int]:
+        calls.append(sorted(keys))
+        return keys
+
+    async def resolve(loader: DataLoader[int, int], key: int, depth: int) -> None:
+        if key % 2:
+            await asyncio.sleep(0)  # odd siblings do a little work first
+        await loader.load(key)
+        if depth < 2:
+            await asyncio.gather(
+                *[resolve(loader, key * 10 + i, depth + 1) for i in range(1, 5)]
+            )
+
+    async def main() -> None:
+        await resolve(DataLoader(batch_load), 0, 0)
+
+    loop = asyncio.new_event_loop()
+    if factory == "eager":
+        loop.set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined]
+    try:
+        loop.run_until_complete(asyncio.wait_for(main(), 5))
+    finally:
+        loop.close()
+    assert [len(call) for call in calls] == [1, 4, 16]
+
+
+# -- Strawberry's prime_many, clear_many, force --------------------------------
+
+
+async def test_prime_force_replaces_a_cached_value(
+    cache_map_factory: CacheMapFactory,
+) -> None:
+    loader, calls = identity_loader(cache_map=cache_map_factory())
+    assert await loader.load(1) == 1
+    assert loader.prime(1, "forced", force=True) is loader
+    assert await loader.load(1) == "forced"
+    loader.prime(1, "ignored")
+    assert await loader.load(1) == "forced"
+    assert calls == [[1]]
+
+
+async def test_prime_many_and_clear_many_chain(
+    cache_map_factory: CacheMapFactory,
+) -> None:
+    loader, calls = identity_loader(cache_map=cache_map_factory())
+    assert loader.prime_many({1: "one", 2: "two"}) is loader
+    assert await loader.load_many([1, 2]) == ["one", "two"]
+    loader.prime_many({1: "uno", 3: "tres"})
+    assert await loader.load_many([1, 3]) == ["one", "tres"]
+    loader.prime_many({1: "uno"}, force=True)
+    assert await loader.load(1) == "uno"
+    assert loader.clear_many([1, 2]) is loader
+    assert await loader.load_many([1, 2, 3]) == [1, 2, "tres"]
+    assert calls == [[1, 2]]
+
+
+# -- repr ------------------------------------------------------------------------
+
+
+def test_repr_of_a_loader_whose_init_failed_does_not_raise() -> None:
+    class Broken(DataLoader[int, int]):
+        def __init__(self) -> None:
+            pass
+
+    assert repr(Broken()) == "<Broken>"
+    with pytest.raises(TypeError, match="max_batch_size") as raised:
+        identity_loader(max_batch_size=0, name="named")
+    assert "Traceback" not in repr(raised.value)

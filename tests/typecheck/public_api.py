@@ -113,6 +113,15 @@ class UserLoader(DataLoader[int, User]):
         return [User(str(i)) for i in ids]
 
 
+class WrongValues(DataLoader[int, str]):
+    # DataLoader declares batch_load_fn with the loader's own types, so a
+    # subclass returning values of another type is an error.
+    async def batch_load_fn(  # type: ignore[override]  # pyright: ignore[reportIncompatibleMethodOverride]
+        self, keys: List[int]
+    ) -> List[int]:
+        return keys
+
+
 async def a_subclass() -> None:
     assert_type(await UserLoader().load(1), User)
 
