@@ -44,7 +44,6 @@ import functools
 import inspect
 import logging
 import os
-import reprlib
 import sysconfig
 import warnings
 from collections.abc import Hashable, Iterable, Mapping, MutableMapping
@@ -69,6 +68,8 @@ from typing import (
     overload,
 )
 
+from loadercache._repr import short_repr
+from loadercache._valid import count
 from loadercache.cache import (
     MISS,
     CacheMap,
@@ -112,9 +113,6 @@ BatchLoadFn = Callable[[List[K]], Awaitable[BatchResult[K, V]]]
 
 logger = logging.getLogger("loadercache")
 
-_short = reprlib.Repr()
-_short.maxlist = _short.maxtuple = _short.maxdict = _short.maxset = 10
-_short.maxstring = _short.maxother = 80
 
 #: The counters of :class:`LoaderStats`, kept live by the loader.
 _COUNTERS = tuple(field.name for field in fields(LoaderStats))
@@ -388,7 +386,7 @@ class DataLoader(_LoaderCore, Generic[K, V]):
         if isinstance(keys, (str, bytes)) or not isinstance(keys, Iterable):
             raise TypeError(
                 "The loader.load_many() function must be called with Iterable<key> "
-                f"but got: {_short.repr(keys)}."
+                f"but got: {short_repr(keys)}."
                 + (
                     " A str or bytes would load each of its characters; pass a "
                     "list of keys."
@@ -647,7 +645,7 @@ class DataLoader(_LoaderCore, Generic[K, V]):
             interrupted = RuntimeError(
                 f"The batch function of {self!r} was interrupted by "
                 f"{type(error).__name__} before it returned; keys: "
-                f"{_short.repr(keys)}."
+                f"{short_repr(keys)}."
             )
             interrupted.__cause__ = error
             self._failed_dispatch(cache_keys, futures, interrupted)
@@ -919,12 +917,7 @@ def _valid_limit(
     if not (loader.batch if batch is None else batch):
         return 1
     limit = loader.max_batch_size if max_batch_size is None else max_batch_size
-    if limit is not None and (
-        isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
-    ):
-        raise TypeError(
-            f"max_batch_size must be a positive int or None, but got {limit!r}."
-        )
+    limit = count("max_batch_size", limit, none=True)
     return limit
 
 
@@ -1027,7 +1020,7 @@ def _unhashable_error(cache_key: object) -> Optional[TypeError]:
         hash(cache_key)
     except TypeError:
         return TypeError(
-            f"cache key {_short.repr(cache_key)} is unhashable; pass "
+            f"cache key {short_repr(cache_key)} is unhashable; pass "
             "cache_key_fn= to map it to a hashable key."
         )
     return None
@@ -1038,7 +1031,7 @@ def _not_awaitable_error(returned: object) -> TypeError:
         "DataLoader must be constructed with a function which accepts a list of "
         "keys and returns an awaitable of a list of values of the same length "
         "(or a mapping from key to value), but the function returned "
-        f"{_short.repr(returned)}, which is not awaitable; make it an async "
+        f"{short_repr(returned)}, which is not awaitable; make it an async "
         "function."
     )
 
@@ -1064,7 +1057,7 @@ def _check_result(result: Any, keys: List[Any]) -> Sequence[Any]:
             "DataLoader must be constructed with a function which accepts a list "
             "of keys and returns an awaitable of a list of values of the same "
             "length (or a mapping from key to value), but the function returned "
-            f"{_short.repr(result)} for keys {_short.repr(keys)}."
+            f"{short_repr(result)} for keys {short_repr(keys)}."
         )
     values = result if isinstance(result, Sequence) else list(result)
     if len(values) != len(keys):
@@ -1072,8 +1065,8 @@ def _check_result(result: Any, keys: List[Any]) -> Sequence[Any]:
             "DataLoader must be constructed with a function which accepts a list "
             "of keys and returns an awaitable of a list of values of the same "
             f"length as the list of keys, but it returned {len(values)} values "
-            f"for {len(keys)} keys.\n\nKeys:\n{_short.repr(keys)}\n\n"
-            f"Values:\n{_short.repr(values)}"
+            f"for {len(keys)} keys.\n\nKeys:\n{short_repr(keys)}\n\n"
+            f"Values:\n{short_repr(values)}"
         )
     return values
 

@@ -224,9 +224,20 @@ def test_cache_key_fn_and_get_cache_key_together_are_refused() -> None:
         identity_loader(cache_key_fn=str, get_cache_key=str)
 
 
-@pytest.mark.parametrize("limit", [0, -1, 1.5, True, "3"])
-def test_invalid_max_batch_size_is_refused(limit: Any) -> None:
-    with pytest.raises(TypeError, match="max_batch_size must be a positive int"):
+@pytest.mark.parametrize(
+    ("limit", "error"),
+    [
+        (0, ValueError),
+        (-1, ValueError),
+        (1.5, TypeError),
+        (True, TypeError),
+        ("3", TypeError),
+    ],
+)
+def test_invalid_max_batch_size_is_refused(limit: Any, error: type) -> None:
+    # One rule in the whole package: the wrong type is a TypeError, a number
+    # out of range a ValueError.
+    with pytest.raises(error, match="max_batch_size must be an int of at least 1"):
         identity_loader(max_batch_size=limit)
 
 
@@ -237,7 +248,7 @@ def test_invalid_max_batch_size_class_attribute_is_refused() -> None:
         async def batch_load_fn(self, keys: List[int]) -> List[int]:
             return keys
 
-    with pytest.raises(TypeError, match="max_batch_size"):
+    with pytest.raises(ValueError, match="max_batch_size"):
         Loader()
 
 
@@ -1498,6 +1509,6 @@ def test_repr_of_a_loader_whose_init_failed_does_not_raise() -> None:
             pass
 
     assert repr(Broken()) == "<Broken>"
-    with pytest.raises(TypeError, match="max_batch_size") as raised:
+    with pytest.raises(ValueError, match="max_batch_size") as raised:
         identity_loader(max_batch_size=0, name="named")
     assert "Traceback" not in repr(raised.value)

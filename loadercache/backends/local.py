@@ -9,6 +9,7 @@ from collections import OrderedDict
 from collections.abc import Hashable
 from typing import Callable, Dict, Generic, Optional, TypeVar
 
+from loadercache._valid import count, seconds
 from loadercache.cache import MutableMappingCacheMap
 
 __all__ = ["DictCacheMap", "TTLCacheMap"]
@@ -33,8 +34,7 @@ class DictCacheMap(MutableMappingCacheMap[KT, VT]):
 
 
 def _check_maxsize(maxsize: object) -> None:
-    if isinstance(maxsize, bool) or not isinstance(maxsize, int) or maxsize < 1:
-        raise TypeError(f"maxsize must be a positive int, but got {maxsize!r}.")
+    count("maxsize", maxsize)
 
 
 class TTLCacheMap(Generic[KT, VT]):
@@ -62,8 +62,7 @@ class TTLCacheMap(Generic[KT, VT]):
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
         _check_maxsize(maxsize)
-        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or ttl <= 0:
-            raise TypeError(f"ttl must be a positive number, but got {ttl!r}.")
+        seconds("ttl", ttl)
         self.maxsize: int = maxsize
         self.ttl: float = ttl
         self._timer = timer

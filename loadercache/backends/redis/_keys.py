@@ -31,9 +31,10 @@ raises ``TypeError``; map it with ``cache_key_fn=``.
 from __future__ import annotations
 
 import math
-import reprlib
 import uuid
 from typing import Any, Dict, Hashable, List, Optional, Sequence
+
+from loadercache._repr import short_repr
 
 __all__ = [
     "SCHEME",
@@ -49,27 +50,9 @@ __all__ = [
 #: The version of the key scheme and of the value envelope.
 SCHEME = "2"
 
-_short = reprlib.Repr()
-_short.maxstring = _short.maxother = 80
-_short.maxlist = _short.maxtuple = _short.maxdict = _short.maxset = 10
-
 # An int this short is written in decimal under any int_max_str_digits (at
 # least 640 digits): a key needs no encoding to know it can be stored.
 SHORT_INT_BITS = 2000
-
-
-def short_repr(value: object) -> str:
-    """A repr short enough for an error message or a log record.
-
-    >>> short_repr("x" * 1000)[:12]
-    "'xxxxxxxxxxx"
-    """
-    try:
-        return _short.repr(value)
-    except ValueError:  # an int too long for repr(), or something holding one
-        if isinstance(value, int):
-            return f"<int of {value.bit_length()} bits>"
-        return f"<a {type(value).__name__}>"
 
 
 def check_namespace(namespace: object) -> str:

@@ -45,6 +45,7 @@ from typing import (
     Union,
 )
 
+from loadercache import _valid
 from loadercache.backends.redis._client_link import ClientLink
 from loadercache.backends.redis._envelope import (
     Envelope,
@@ -108,53 +109,6 @@ _RETRY_DELAY = 0.1
 # Unconfirmed operations across all namespaces before the largest
 # namespace's deletes are replaced by a new generation.
 _MAX_PENDING = 10_000
-
-
-def _seconds(
-    name: str, value: object, *, none: bool = False, zero: bool = False
-) -> Optional[float]:
-    """*value* as seconds: a number, positive (or zero), or None if allowed.
-
-    One rule for every option: the wrong type is a TypeError, a number out of
-    range a ValueError.
-    """
-    if value is None and none:
-        return None
-    expected = "a non-negative number" if zero else "a positive number"
-    if none:
-        expected += " or None"
-    message = f"{name} must be {expected} of seconds, but got {value!r}."
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(message)
-    if value != value or value < 0 or (value == 0 and not zero):
-        raise ValueError(message)
-    return float(value)
-
-
-def _count(
-    name: str, value: object, *, least: int, none: bool = False
-) -> Optional[int]:
-    if value is None and none:
-        return None
-    message = f"{name} must be an int of at least {least}, but got {value!r}."
-    if none:
-        message = message[:-1] + " (or None for no limit)."
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(message)
-    if value < least:
-        raise ValueError(message)
-    return value
-
-
-def _fraction(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, but got {value!r}.")
-    if not 0 <= value < 1:
-        raise ValueError(
-            f"{name} must be a fraction from 0 to less than 1 (0.1 shortens each "
-            f"TTL by up to 10 %), but got {value!r}."
-        )
-    return float(value)
 
 
 def _serializer(value: object) -> Serializer:
@@ -261,24 +215,24 @@ class RedisStore:
         self.prefix: str = check_prefix(prefix)
         self.version: str = check_version(version)
         self.serializer: Serializer = _serializer(serializer)
-        self.ttl: Optional[float] = _seconds("ttl", ttl, none=True)
-        self.negative_ttl: Optional[float] = _seconds(
+        self.ttl: Optional[float] = _valid.seconds("ttl", ttl, none=True)
+        self.negative_ttl: Optional[float] = _valid.seconds(
             "negative_ttl", negative_ttl, none=True, zero=True
         )
-        self.ttl_jitter: float = _fraction("ttl_jitter", ttl_jitter)
+        self.ttl_jitter: float = _valid.fraction("ttl_jitter", ttl_jitter)
         self.wait_for_writes: bool = bool(wait_for_writes)
-        self.timeout: Optional[float] = _seconds("timeout", timeout, none=True)
-        connect_timeout = _seconds("connect_timeout", connect_timeout, none=True)
-        self.max_value_bytes: Optional[int] = _count(
+        self.timeout: Optional[float] = _valid.seconds("timeout", timeout, none=True)
+        connect_timeout = _valid.seconds("connect_timeout", connect_timeout, none=True)
+        self.max_value_bytes: Optional[int] = _valid.count(
             "max_value_bytes", max_value_bytes, least=64, none=True
         )
-        threshold = _count("breaker_threshold", breaker_threshold, least=1)
-        cooldown = _seconds("breaker_cooldown", breaker_cooldown, zero=True)
+        threshold = _valid.count("breaker_threshold", breaker_threshold, least=1)
+        cooldown = _valid.seconds("breaker_cooldown", breaker_cooldown, zero=True)
         self._envelope = Envelope(
             self.serializer, secret=_secret(secret), max_bytes=self.max_value_bytes
         )
-        lease_ttl = _seconds("lease_ttl", lease_ttl) or 2.0
-        lease_wait = _seconds("lease_wait", lease_wait, zero=True) or 0.0
+        lease_ttl = _valid.seconds("lease_ttl", lease_ttl) or 2.0
+        lease_wait = _valid.seconds("lease_wait", lease_wait, zero=True) or 0.0
         # Leases need the store's own connection: waits are woken by RESP3
         # invalidation pushes (see _leases).
         self._leases: Optional[Leases] = (
