@@ -12,6 +12,7 @@ ValueError: maxsize must be an int of at least 1, but got 0.
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 __all__ = ["count", "fraction", "seconds"]
@@ -36,16 +37,17 @@ def count(
 def seconds(
     name: str, value: object, *, none: bool = False, zero: bool = False
 ) -> Optional[float]:
-    """*value* as seconds: a positive number (or zero, if *zero*; or None)."""
+    """*value* as seconds: a finite positive number (or zero, if *zero*; or
+    None, if *none*, which is how an option says "never")."""
     if value is None and none:
         return None
-    expected = "a non-negative number" if zero else "a positive number"
-    if none:
-        expected += " or None"
-    message = f"{name} must be {expected} of seconds, but got {value!r}."
+    expected = "a finite non-negative number" if zero else "a finite positive number"
+    message = f"{name} must be {expected} of seconds"
+    message += " or None" if none else ""
+    message += f", but got {value!r}."
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(message)
-    if value != value or value < 0 or (value == 0 and not zero):
+    if not 0 <= value < math.inf or (value == 0 and not zero):
         raise ValueError(message)
     return float(value)
 

@@ -148,13 +148,14 @@ def test_invalid_maxsize_is_refused(size: Any, error: type) -> None:
     [
         (0, ValueError),
         (-1, ValueError),
+        (float("inf"), ValueError),
         (True, TypeError),
         ("1", TypeError),
         (None, TypeError),
     ],
 )
 def test_invalid_ttl_is_refused(ttl: Any, error: type) -> None:
-    with pytest.raises(error, match="ttl must be a positive number"):
+    with pytest.raises(error, match="ttl must be a finite positive number"):
         TTLCacheMap(10, ttl=ttl)
 
 
