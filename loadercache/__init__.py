@@ -11,8 +11,10 @@ from loadercache.cache import (
     CacheMap,
     Leased,
     MutableMappingCacheMap,
+    Refresh,
     RemoteTier,
     RemoteTierError,
+    Stale,
 )
 from loadercache.loader import SPEEDUPS, BatchLoadFn, DataLoader
 from loadercache.registry import Loaders, current_loaders, loader_property, use_loaders
@@ -28,8 +30,10 @@ __all__ = [
     "LoaderStats",
     "Loaders",
     "MutableMappingCacheMap",
+    "Refresh",
     "RemoteTier",
     "RemoteTierError",
+    "Stale",
     "__version__",
     "current_loaders",
     "loader_property",

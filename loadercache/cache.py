@@ -36,6 +36,11 @@ batch:
    replaced a cancelled one), and the remote tier is not touched, since none
    of these was ever written there.
 
+Instead of a value or :data:`MISS`, ``get_many`` may answer a key with
+:class:`Leased` (another loader is loading it: wait for its value),
+:class:`Stale` (load it, and serve this value if the load fails) or
+:class:`Refresh` (serve this value, and reload it in the background).
+
 ``get_many`` and ``set_many`` of one batch run in the same task, in that
 order, so a tier may pair them (the Redis map pairs a batch's write with the
 generation its read saw).
@@ -60,6 +65,7 @@ from typing import (
     TYPE_CHECKING,
     Any,
     Awaitable,
+    Callable,
     Generic,
     Optional,
     Protocol,
@@ -75,8 +81,10 @@ __all__ = [
     "CacheMap",
     "Leased",
     "MutableMappingCacheMap",
+    "Refresh",
     "RemoteTier",
     "RemoteTierError",
+    "Stale",
     "as_cache_map",
 ]
 
@@ -132,6 +140,48 @@ class Leased:
 
     def __repr__(self) -> str:
         return "Leased(...)"
+
+
+class Stale:
+    """A remote tier's answer for a key whose value is past its time.
+
+    ``Stale(value)``: the loader loads the key as for a :data:`MISS`, and
+    serves *value* instead if that load fails (the batch function raises, or
+    returns an exception for the key): ``stale_if_error``.
+
+    >>> Stale({"id": 7})
+    Stale(...)
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value: Any = value
+
+    def __repr__(self) -> str:
+        return "Stale(...)"
+
+
+class Refresh:
+    """A remote tier's answer for a key whose value is about to go stale.
+
+    ``Refresh(value, store)``: the load is settled with *value* at once, and
+    the loader loads the key again in the background (the keys of one batch
+    in one call of the batch function) and passes the fresh value to
+    ``store(value)``; a key whose reload fails is not passed.  Refresh-ahead.
+
+    >>> Refresh({"id": 7}, print)
+    Refresh(...)
+    """
+
+    __slots__ = ("store", "value")
+
+    def __init__(self, value: Any, store: Callable[[Any], None]) -> None:
+        self.value: Any = value
+        self.store: Callable[[Any], None] = store
+
+    def __repr__(self) -> str:
+        return "Refresh(...)"
 
 
 class RemoteTierError(Exception):

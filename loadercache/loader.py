@@ -75,8 +75,10 @@ from loadercache.cache import (
     CacheMap,
     Leased,
     MutableMappingCacheMap,
+    Refresh,
     RemoteTier,
     RemoteTierError,
+    Stale,
     as_cache_map,
 )
 from loadercache.gathering import Gathering
@@ -619,8 +621,9 @@ class DataLoader(_LoaderCore, Generic[K, V]):
                 keys, cache_keys, futures = self._drop_done(keys, cache_keys, futures)
                 if not keys:
                     return
+            stale: Optional[Dict[int, Any]] = None
             if self._remote is not None:
-                keys, cache_keys, futures = await self._read_through(
+                keys, cache_keys, futures, stale = await self._read_through(
                     self._remote, keys, cache_keys, futures
                 )
                 if not keys:
@@ -637,7 +640,7 @@ class DataLoader(_LoaderCore, Generic[K, V]):
                 # Inside the span: a result breaking the contract is its error.
                 values = _check_result(await loading, keys)
         except Exception as error:
-            self._failed_dispatch(cache_keys, futures, error)
+            self._failed_dispatch(cache_keys, futures, error, stale)
             return
         except BaseException as error:
             # Cancelled, KeyboardInterrupt, SystemExit: still settle every
@@ -648,7 +651,7 @@ class DataLoader(_LoaderCore, Generic[K, V]):
                 f"{short_repr(keys)}."
             )
             interrupted.__cause__ = error
-            self._failed_dispatch(cache_keys, futures, interrupted)
+            self._failed_dispatch(cache_keys, futures, interrupted, stale)
             if isinstance(error, _PROPAGATE):
                 raise
             # Nobody awaits this task: any other BaseException would surface
@@ -659,7 +662,11 @@ class DataLoader(_LoaderCore, Generic[K, V]):
             if self._remote is not None:
                 await self._write_back(self._remote, cache_keys, values)
         finally:
-            # Even if this task is cancelled while writing back.
+            # Even if this task is cancelled while writing back.  A key that
+            # failed but has a stale value serves that (the stale value is
+            # not written back: the tier holds it already).
+            if stale:
+                values = _with_stale(values, stale)
             self._settle(cache_keys, futures, values)
 
     def _drop_done(
@@ -686,8 +693,12 @@ class DataLoader(_LoaderCore, Generic[K, V]):
         keys: List[Any],
         cache_keys: List[Hashable],
         futures: List[asyncio.Future[V]],
-    ) -> Tuple[List[Any], List[Hashable], List[asyncio.Future[V]]]:
-        """Answer what the remote tier holds; return the keys still to load."""
+    ) -> Tuple[
+        List[Any], List[Hashable], List[asyncio.Future[V]], Optional[Dict[int, Any]]
+    ]:
+        """Answer what the remote tier holds; return the keys still to load,
+        and the stale values to serve for those of them whose load fails (by
+        their place in the keys returned)."""
         try:
             found = await remote.get_many(cache_keys)
             if len(found) != len(cache_keys):
@@ -698,29 +709,72 @@ class DataLoader(_LoaderCore, Generic[K, V]):
         except Exception as error:
             self._remote_failed("read", error)
             self._counts.remote_misses += len(cache_keys)
-            return keys, cache_keys, futures
+            return keys, cache_keys, futures, None
         todo: List[int] = []
         leased: List[int] = []
+        stale: Optional[Dict[int, Any]] = None
+        refreshes: List[Tuple[Any, Refresh]] = []
         for i, value in enumerate(found):
             if value is MISS:
                 todo.append(i)
-            elif type(value) is Leased:
+                continue
+            cls = type(value)
+            if cls is Leased:
                 leased.append(i)
-            elif not futures[i].done():
+                continue
+            if cls is Stale:
+                if stale is None:
+                    stale = {}
+                stale[len(todo)] = value.value
+                todo.append(i)
+                continue
+            if cls is Refresh:
+                refreshes.append((keys[i], value))
+                value = value.value
+            if not futures[i].done():
                 futures[i].set_result(value)
             else:
                 self._forget(cache_keys[i], futures[i])  # cancelled meanwhile
         for i in leased:
             self._wait_for(found[i], keys[i], cache_keys[i], futures[i])
+        if refreshes:
+            self._refresh(refreshes)
         self._counts.remote_hits += len(found) - len(todo) - len(leased)
         self._counts.remote_misses += len(todo)
         if len(todo) == len(keys):
-            return keys, cache_keys, futures
+            return keys, cache_keys, futures, stale
         return (
             [keys[i] for i in todo],
             [cache_keys[i] for i in todo],
             [futures[i] for i in todo],
+            stale,
         )
+
+    def _refresh(self, refreshes: List[Tuple[Any, Refresh]]) -> None:
+        """Load again, in the background, keys served now but about to go stale."""
+        task = asyncio.get_running_loop().create_task(self._run_refresh(refreshes))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_refresh(self, refreshes: List[Tuple[Any, Refresh]]) -> None:
+        keys = [key for key, _ in refreshes]
+        counts = self._counts
+        counts.batches += 1
+        counts.batched_keys += len(keys)
+        try:
+            with batch_span(self.name, len(keys)):
+                loading = self.batch_load_fn(list(keys))
+                if not inspect.isawaitable(loading):
+                    raise _not_awaitable_error(loading)
+                values = _check_result(await loading, keys)
+        except Exception as error:
+            # Nobody waits for it: the values served stay until they go stale.
+            counts.failed_batches += 1
+            logger.debug("%r: a refresh-ahead batch failed: %r", self, error)
+            return
+        for (_, refresh), value in zip(refreshes, values):
+            if not isinstance(value, Exception):
+                refresh.store(value)
 
     def _wait_for(
         self,
@@ -844,16 +898,22 @@ class DataLoader(_LoaderCore, Generic[K, V]):
         cache_keys: List[Hashable],
         futures: List[asyncio.Future[V]],
         error: Exception,
+        stale: Optional[Dict[int, Any]] = None,
     ) -> None:
         """Reject every load of the batch and cache none of them.
 
         The failure belongs to the batch, not to any key, so the next load of
-        any of these keys tries again.
+        any of these keys tries again.  A load with a *stale* value (by its
+        place in the batch) is settled with it instead, and stays cached.
         """
         self._counts.failed_batches += 1
-        for cache_key, future in zip(cache_keys, futures):
-            self._forget(cache_key, future)
-            if not future.done():
+        for i, (cache_key, future) in enumerate(zip(cache_keys, futures)):
+            if future.done():
+                self._forget(cache_key, future)  # cancelled by its caller
+            elif stale and i in stale:
+                future.set_result(stale[i])
+            else:
+                self._forget(cache_key, future)
                 future.set_exception(error)
 
     def _forget(self, cache_key: Hashable, future: asyncio.Future[V]) -> None:
@@ -1012,6 +1072,15 @@ def _deprecated_loop(
 # Exceptions a batch task must let through once its loads are settled:
 # cancellation, and the ones asyncio itself re-raises out of the event loop.
 _PROPAGATE = (asyncio.CancelledError, KeyboardInterrupt, SystemExit, GeneratorExit)
+
+
+def _with_stale(values: Sequence[Any], stale: Dict[int, Any]) -> List[Any]:
+    """*values*, with the stale value in place of each failed key that has one."""
+    served = list(values)
+    for i, value in stale.items():
+        if isinstance(served[i], Exception):
+            served[i] = value
+    return served
 
 
 def _unhashable_error(cache_key: object) -> Optional[TypeError]:

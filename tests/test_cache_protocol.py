@@ -17,7 +17,7 @@ from loadercache import (
     RemoteTier,
 )
 from loadercache.backends import DictCacheMap, LRUCacheMap, TTLCacheMap
-from loadercache.cache import as_cache_map
+from loadercache.cache import Refresh, Stale, as_cache_map
 
 from .conftest import CacheMapFactory
 
@@ -313,3 +313,96 @@ async def test_local_backends_have_no_remote_tier(backend: Any) -> None:
     loader, _ = identity_loader(cache_map=cache_map)
     assert await loader.load(1) == "v1"
     assert loader.stats.remote_misses == 0
+
+
+# -- answers beyond a value: Stale and Refresh -----------------------------------
+
+
+def failing_loader(remote: FakeRemote, fail: Any) -> Tuple[DataLoader[Any, Any], Calls]:
+    """A loader whose batch function raises (fail is None: returns an error
+    for each key named in *fail*)."""
+    calls: Calls = []
+
+    async def batch_load(keys: List[Any]) -> List[Any]:
+        calls.append(list(keys))
+        if fail is None:
+            raise ConnectionError("down")
+        return [KeyError(key) if key in fail else f"new {key}" for key in keys]
+
+    return DataLoader(batch_load, cache_map=remote), calls
+
+
+async def test_a_stale_answer_is_loaded_and_served_if_the_batch_fails() -> None:
+    remote = FakeRemote({1: Stale("old 1"), 2: "hit 2"})
+    loader, calls = failing_loader(remote, None)
+    loads = [loader.load(1), loader.load(2), loader.load(3)]
+    results = await asyncio.gather(*loads, return_exceptions=True)
+    assert results[:2] == ["old 1", "hit 2"]
+    assert isinstance(results[2], ConnectionError)
+    assert calls == [[1, 3]]  # the stale key was tried again
+    assert remote.set_many_calls == []  # the stale value is not written back
+    assert await loader.load(1) == "old 1"  # and stays cached locally
+    assert loader.stats.remote_misses == 2
+
+
+async def test_a_stale_answer_is_served_for_its_key_error_only() -> None:
+    remote = FakeRemote({1: Stale("old 1"), 2: Stale("old 2")})
+    loader, calls = failing_loader(remote, {1})
+    assert await loader.load_many([1, 2]) == ["old 1", "new 2"]
+    assert calls == [[1, 2]]
+    assert remote.set_many_calls == [[(2, "new 2")]]
+
+
+async def test_a_stale_answer_gives_way_to_a_fresh_value() -> None:
+    remote = FakeRemote({1: Stale("old 1")})
+    loader, calls = failing_loader(remote, set())
+    assert await loader.load(1) == "new 1"
+    assert calls == [[1]]
+    assert remote.set_many_calls == [[(1, "new 1")]]
+
+
+async def test_a_refresh_answer_serves_now_and_reloads_in_the_background() -> None:
+    stored: List[Any] = []
+    gate = asyncio.Event()
+    calls: Calls = []
+
+    async def batch_load(keys: List[Any]) -> List[Any]:
+        calls.append(list(keys))
+        await asyncio.wait_for(gate.wait(), 5)
+        return [KeyError(key) if key == 3 else f"new {key}" for key in keys]
+
+    remote = FakeRemote(
+        {
+            1: Refresh("old 1", stored.append),
+            2: Refresh("old 2", stored.append),
+            3: Refresh("old 3", stored.append),
+        }
+    )
+    loader = DataLoader(batch_load, cache_map=remote)
+    assert await loader.load_many([1, 2, 3]) == ["old 1", "old 2", "old 3"]
+    assert calls == [[1, 2, 3]]  # one batch for the refreshes
+    assert stored == []
+    gate.set()
+    for _ in range(100):
+        if stored:
+            break
+        await asyncio.sleep(0.01)
+    assert stored == ["new 1", "new 2"]  # a key that failed is not stored
+    assert remote.set_many_calls == []  # the refresh's store stores it
+
+
+async def test_a_failed_refresh_is_logged_at_debug_and_changes_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stored: List[Any] = []
+    remote = FakeRemote({1: Refresh("old 1", stored.append)})
+    loader, calls = failing_loader(remote, None)
+    with caplog.at_level(logging.DEBUG, logger="loadercache"):
+        assert await loader.load(1) == "old 1"
+        for _ in range(100):
+            if loader.stats.failed_batches:
+                break
+            await asyncio.sleep(0.01)
+    assert calls == [[1]] and stored == []
+    assert "refresh-ahead batch failed" in caplog.text
+    assert await loader.load(1) == "old 1"

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import (
     Any,
     Awaitable,
+    Callable,
     Dict,
     List,
     MutableMapping,
@@ -36,8 +37,10 @@ from loadercache import (
     Loaders,
     LoaderStats,
     MutableMappingCacheMap,
+    Refresh,
     RemoteTier,
     RemoteTierError,
+    Stale,
     __version__,
     current_loaders,
     loader_property,
@@ -195,6 +198,15 @@ def leased_elsewhere() -> Leased:
     answer = Leased(asyncio.sleep(0, result="loaded elsewhere"))
     assert_type(answer.awaitable, Awaitable[Any])
     return answer
+
+
+def stale_and_refreshed() -> Tuple[Stale, Refresh]:
+    # What a tier answers for a value past its time, and one near it.
+    stale = Stale("served if the load fails")
+    assert_type(stale.value, Any)
+    refresh = Refresh("served now", print)
+    assert_type(refresh.store, Callable[[Any], None])
+    return stale, refresh
 
 
 def own_tier() -> DataLoader[int, str]:

@@ -4,6 +4,11 @@ Every value is stored as ::
 
     "L" | generation token (8) | crc32(Redis key) (4) | [HMAC (16)] | payload
 
+or, for a store with ``stale_if_error`` or ``refresh_ahead``, a *timed*
+value::
+
+    "M" | token (8) | crc32 (4) | [HMAC (16)] | stale at (8) | load ms (4) | payload
+
 * The **token** is the generation of the namespace the value was loaded under
   (see :mod:`loadercache.backends.redis._namespace`): a value of any other
   generation is a miss, which is how ``clear_all`` forgets a namespace in one
@@ -36,7 +41,7 @@ import hmac
 import os
 import struct
 import zlib
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from loadercache.backends.redis._resp import TOO_LARGE
 from loadercache.backends.serializers import Serializer
@@ -50,11 +55,16 @@ __all__ = [
     "TooLarge",
     "lease_marker",
     "new_token",
+    "timing",
 ]
 
 TOKEN_SIZE = 8
 _VALUE = b"L"
+_TIMED = b"M"
 _GENERATION = b"G"
+# A timed value's timing: when it goes stale (ms since the epoch), and how
+# long its load took (ms): for stale_if_error and refresh-ahead.
+_TIMING = struct.Struct(">QI")
 _LEASE = b"?"
 #: A lease: "?" | generation token (8) | holder (8) | nonce (4).
 LEASE_SIZE = 1 + TOKEN_SIZE + 8 + 4
@@ -66,6 +76,11 @@ _HEADER = 1 + TOKEN_SIZE + _CRC.size
 def new_token() -> bytes:
     """A new generation token: 8 random bytes."""
     return os.urandom(TOKEN_SIZE)
+
+
+def timing(stale_at_ms: int, load_ms: int) -> bytes:
+    """The timing a timed value carries (see :meth:`Envelope.seal`)."""
+    return _TIMING.pack(max(0, stale_at_ms), min(max(0, load_ms), 0xFFFFFFFF))
 
 
 def lease_marker(token: bytes, holder: bytes, nonce: int) -> bytes:
@@ -146,20 +161,25 @@ class Envelope:
         """The longest bulk reply a read needs to see whole."""
         return self.max_bytes
 
-    def seal(self, token: bytes, rkey: bytes, payload: bytes) -> bytes:
+    def seal(
+        self, token: bytes, rkey: bytes, payload: bytes, meta: bytes = b""
+    ) -> bytes:
         """The envelope of *payload* stored at *rkey* under generation *token*.
 
-        Raises :class:`TooLarge` past ``max_bytes``.
+        *meta* (from :func:`timing`) makes it a timed value, which says when
+        it goes stale and how long it took to load.  Raises
+        :class:`TooLarge` past ``max_bytes``.
         """
-        head = _VALUE + token + _CRC.pack(zlib.crc32(rkey))
+        body = meta + payload
+        head = (_TIMED if meta else _VALUE) + token + _CRC.pack(zlib.crc32(rkey))
         if self.secret is not None:
-            head += self._mac(token, rkey, payload)
-        if self.max_bytes is not None and len(head) + len(payload) > self.max_bytes:
+            head += self._mac(token, rkey, body)
+        if self.max_bytes is not None and len(head) + len(body) > self.max_bytes:
             raise TooLarge(
-                f"the value takes {len(head) + len(payload)} bytes, more than "
+                f"the value takes {len(head) + len(body)} bytes, more than "
                 f"max_value_bytes={self.max_bytes}"
             )
-        return head + payload
+        return head + body
 
     def open_all(
         self,
@@ -170,6 +190,7 @@ class Envelope:
         miss: Any,
         *,
         decode: bool = True,
+        timings: Optional[Dict[int, Tuple[int, int]]] = None,
     ) -> List[Any]:
         """The values of *raws* read at *rkeys*; *miss* for each one that is not.
 
@@ -177,7 +198,9 @@ class Envelope:
         (counted in *opened*); a lease of this generation is a
         :class:`LeaseMark`; one bound to another key raises :class:`Mismatch`:
         the reply is not an answer to this read.  Without *decode*, a value is
-        its serialized payload (its signature checked), not decoded.
+        its serialized payload (its signature checked), not decoded.  For each
+        timed value, *timings* gets its position: (stale at, load time), in
+        milliseconds (see :func:`timing`).
         """
         values: List[Any] = []
         append = values.append
@@ -189,17 +212,34 @@ class Envelope:
                 append(miss)
             return values
         prefix = _VALUE + token
+        timed_prefix = _TIMED + token
         loads = self._loads
         header = self._header
         secret = self.secret
         crc32 = zlib.crc32
         unpack_crc = _CRC.unpack_from
-        for rkey, raw in zip(rkeys, raws):
+        for position, (rkey, raw) in enumerate(zip(rkeys, raws)):
             if raw is None:
                 append(miss)
-            elif type(raw) is bytes and raw.startswith(prefix):
-                if len(raw) < header:
-                    # This generation, but too short to hold a signature.
+                continue
+            if type(raw) is not bytes:
+                if raw is TOO_LARGE:
+                    opened.too_large += 1
+                else:
+                    opened.corrupt += 1
+                append(miss)
+                continue
+            # Where the payload starts: after the header, and after the
+            # timing of a timed value; 0 for what is not of this generation.
+            if raw.startswith(prefix):
+                body = header
+            elif raw.startswith(timed_prefix):
+                body = header + _TIMING.size
+            else:
+                body = 0
+            if body:
+                if len(raw) < body:
+                    # This generation, but too short to hold its header.
                     if secret is not None:
                         opened.forged += 1
                     else:
@@ -214,20 +254,19 @@ class Envelope:
                     opened.forged += 1
                     append(miss)
                     continue
+                if body != header and timings is not None:
+                    timings[position] = _TIMING.unpack_from(raw, header)
                 if not decode:
-                    append(raw[header:])
+                    append(raw[body:])
                     continue
                 try:
-                    append(loads(raw[header:]))
+                    append(loads(raw[body:]))
                 except Exception:
                     opened.corrupt += 1
                     append(miss)
-            elif raw is TOO_LARGE:
-                opened.too_large += 1
-                append(miss)
-            elif type(raw) is bytes and raw[:1] == _VALUE and len(raw) >= _HEADER:
+            elif raw[:1] in (_VALUE, _TIMED) and len(raw) >= _HEADER:
                 append(miss)  # another generation: cleared
-            elif type(raw) is bytes and raw[:1] == _LEASE and len(raw) == LEASE_SIZE:
+            elif raw[:1] == _LEASE and len(raw) == LEASE_SIZE:
                 # Being loaded by a store holding its lease; of another
                 # generation, the lease is as cleared as a value.
                 append(LeaseMark(raw) if raw[1:9] == token else miss)

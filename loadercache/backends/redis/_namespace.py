@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import time
 from typing import Any, Dict, Hashable, List, Optional, Set, Tuple, Union
 
 from loadercache.backends.redis._envelope import new_token
@@ -100,7 +101,7 @@ class Reading:
     """What one batch read: the generation, the keys it may write back, and the
     leases it holds on them."""
 
-    __slots__ = ("cleared", "cleared_all", "gen", "keys", "leases", "seq")
+    __slots__ = ("cleared", "cleared_all", "gen", "keys", "leases", "seq", "started")
 
     def __init__(
         self,
@@ -116,6 +117,8 @@ class Reading:
         self.leases: Dict[bytes, bytes] = leases if leases is not None else {}
         self.cleared: Set[bytes] = set()
         self.cleared_all = False
+        # When the batch read (its loads' time is what it waits for after).
+        self.started = time.monotonic()
 
 
 class Namespace:

@@ -7,8 +7,9 @@ call is sent again with ``EVAL`` (see :meth:`Script.command` and
 :func:`is_noscript`).
 
 The formats they read (see :mod:`loadercache.backends.redis._envelope`): a
-value is ``"L" | token (8) | ...``, a lease ``"?" | token (8) | holder (8) |
-nonce (4)``, a generation ``"G" | token (8) | crc (4)``.  A value or a lease
+value is ``"L" | token (8) | ...`` (``"M"`` for a timed one), a lease
+``"?" | token (8) | holder (8) | nonce (4)``, a generation ``"G" | token (8) |
+crc (4)``.  A value or a lease
 whose token is not the namespace's current generation belongs to a
 generation that was cleared: it is free to lease.
 """
@@ -72,9 +73,8 @@ local out = {gen}
 for i = 2, #KEYS do
   local held = redis.call('GET', KEYS[i])
   local kind = held and string.sub(held, 1, 1)
-  if not held
-      or ((kind == 'L' or kind == '?') and string.sub(held, 2, 9) ~= token)
-      or (kind ~= 'L' and kind ~= '?') then
+  local known = kind == 'L' or kind == 'M' or kind == '?'
+  if not held or not known or string.sub(held, 2, 9) ~= token then
     redis.call('SET', KEYS[i], lease, 'PX', ARGV[4])
     out[i] = 1
   else

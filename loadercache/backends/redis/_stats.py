@@ -38,6 +38,12 @@ class StoreStats:
     the write-backs Redis refused because the key no longer held this
     store's lease (a clear or prime by any process replaced it).
 
+    Timed values (see ``RedisStore(stale_if_error=..., refresh_ahead=...)``):
+    ``stale_reads`` counts values read past their TTL, within the grace of
+    ``stale_if_error`` (each is loaded again, and served if that fails; it
+    also counts as a miss), and ``refreshes`` the values this store chose to
+    load again ahead of their expiry.
+
     ``pending_operations`` is how many clears, primes and clear_alls this
     process has made that Redis has not confirmed yet (they are sent again
     until it does), and ``generation_overflows`` how often pending deletes
@@ -70,6 +76,8 @@ class StoreStats:
     lease_waits: int = 0
     lease_takeovers: int = 0
     fenced_refusals: int = 0
+    stale_reads: int = 0
+    refreshes: int = 0
     pending_operations: int = 0
     generation_overflows: int = 0
     connects: int = 0

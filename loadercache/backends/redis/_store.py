@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import random
 import time
 import weakref
@@ -53,6 +54,7 @@ from loadercache.backends.redis._envelope import (
     Mismatch,
     Opened,
     new_token,
+    timing,
 )
 from loadercache.backends.redis._health import Health, RateLimitedLog
 from loadercache.backends.redis._keys import (
@@ -89,7 +91,7 @@ from loadercache.backends.redis._scripts import (
 )
 from loadercache.backends.redis._stats import StoreStats
 from loadercache.backends.serializers import MsgpackSerializer, Serializer
-from loadercache.cache import MISS, CacheMap, Leased, RemoteTierError
+from loadercache.cache import MISS, CacheMap, Leased, Refresh, RemoteTierError, Stale
 from loadercache.tracing import redis_span, start_redis_span
 
 if TYPE_CHECKING:
@@ -182,6 +184,20 @@ class RedisStore:
     * ``secret``: bytes (16 or more); every value is then signed (HMAC), and
       a value without a valid signature (written by anyone who lacks the
       secret) is a miss.
+    * ``leases`` (default True; needs a URL, not a client): a key missed by
+      several processes at once is loaded by one of them, whose lease it
+      holds for ``lease_ttl`` seconds (default 2, renewed while the load
+      runs); the others wait for its value (woken by the server) up to
+      ``lease_wait`` seconds (default 10), then load it themselves.  A value
+      written back only lands if the key still holds the lease (a
+      ``clear`` in between wins).
+    * ``stale_if_error`` (default None: off): seconds a value stays in Redis
+      past its TTL; a load of such a value is tried again, and if the batch
+      function fails, the stale value is served instead of the error.
+    * ``refresh_ahead`` (default False): a value near the end of its TTL is
+      loaded again in the background by one process, which is served the
+      current value meanwhile (the nearer the end and the slower the load,
+      the likelier a read triggers it), so hot keys never expire under load.
     * ``ssl``: an ``ssl.SSLContext`` for a ``rediss://`` URL (default: the
       system's trusted certificates); ``client_name`` (default
       ``"loadercache"``): the name the connection gives itself
@@ -208,6 +224,8 @@ class RedisStore:
         leases: bool = True,
         lease_ttl: float = 2.0,
         lease_wait: float = 10.0,
+        stale_if_error: Optional[float] = None,
+        refresh_ahead: bool = False,
         ssl: Any = None,
         client_name: Optional[str] = "loadercache",
         timer: Callable[[], float] = time.monotonic,
@@ -220,6 +238,16 @@ class RedisStore:
             "negative_ttl", negative_ttl, none=True, zero=True
         )
         self.ttl_jitter: float = _valid.fraction("ttl_jitter", ttl_jitter)
+        self.stale_if_error: Optional[float] = _valid.seconds(
+            "stale_if_error", stale_if_error, none=True, zero=True
+        )
+        self.refresh_ahead: bool = bool(refresh_ahead)
+        # Values say when they go stale (and how long they took to load).
+        self._timed_values = self.ttl is not None and (
+            self.stale_if_error is not None or self.refresh_ahead
+        )
+        # How long a value outlives its time in Redis, to be served stale.
+        self._grace_ms = int(1000 * (self.stale_if_error or 0.0))
         self.wait_for_writes: bool = bool(wait_for_writes)
         self.timeout: Optional[float] = _valid.seconds("timeout", timeout, none=True)
         connect_timeout = _valid.seconds("connect_timeout", connect_timeout, none=True)
@@ -246,7 +274,9 @@ class RedisStore:
         self._owns_client = isinstance(client_or_url, str)
         longest = max(self.ttl or 0.0, self.negative_ttl or 0.0)
         # The generation outlives every value written under it.
-        self._gen_px: Optional[int] = None if self.ttl is None else int(2000 * longest)
+        self._gen_px: Optional[int] = (
+            None if self.ttl is None else int(2000 * longest) + self._grace_ms
+        )
         self._stats = StoreStats()
         self._health = Health(
             repr(self), threshold=threshold or 1, cooldown=cooldown or 0.0, timer=timer
@@ -622,11 +652,18 @@ class RedisStore:
             part.deletes = len(commands)
             commands.append((b"DEL", *deletes))
         prime_tag = tag if isinstance(tag, bytes) else part.creating
+        timed = self._timed_values
+        now_ms = int(time.time() * 1000) if timed else 0
         for rkey, op in primes:
             assert prime_tag is not None and op.payload is not None
+            px = op.px
+            meta = b""
+            if timed and px is not None:
+                meta = timing(now_ms + px, 0)
+                px += self._grace_ms
             part.primes.append(len(commands))
             commands.append(
-                _set(rkey, envelope.seal(prime_tag, rkey, op.payload), op.px)
+                _set(rkey, envelope.seal(prime_tag, rkey, op.payload, meta), px)
             )
         native = self._native_fencing()
         fenced_keys: List[bytes] = []
@@ -634,25 +671,27 @@ class RedisStore:
         for entry, entry_tag in zip(fresh, tags):
             token = entry_tag or part.creating
             assert token is not None
-            sealed = envelope.seal(token, entry.rkey, entry.payload)
-            if entry.lease is None:
+            px = entry.px
+            meta = b""
+            if timed and px is not None:
+                # Stale at the end of its TTL; kept in Redis for the grace.
+                meta = timing(now_ms + px, entry.load_ms)
+                px += self._grace_ms
+            sealed = envelope.seal(token, entry.rkey, entry.payload, meta)
+            fence = entry.fence
+            if fence is None:
                 part.fresh.append(len(commands))
-                commands.append(_set(entry.rkey, sealed, entry.px))
-            elif native:
-                trip.leases.append((entry.rkey, entry.lease))
-                # Stored only if the key still holds this load's lease.
+                commands.append(_set(entry.rkey, sealed, px))
+                continue
+            if entry.leased:
+                trip.leases.append((entry.rkey, fence))
+            if native:
+                # Stored only if the key still holds *fence*.
                 part.fenced.append(len(commands))
-                commands.append(
-                    (b"SET", entry.rkey, sealed, b"IFEQ", entry.lease, *_px(entry.px))
-                )
+                commands.append((b"SET", entry.rkey, sealed, b"IFEQ", fence, *_px(px)))
             else:
-                trip.leases.append((entry.rkey, entry.lease))
                 fenced_keys.append(entry.rkey)
-                fenced_args += [
-                    entry.lease,
-                    sealed,
-                    b"" if entry.px is None else entry.px,
-                ]
+                fenced_args += [fence, sealed, b"" if px is None else px]
         if fenced_keys:
             part.fenced_script = len(commands)
             commands.append(FENCED_SET.command(fenced_keys, fenced_args))
@@ -803,7 +842,16 @@ class RedisStore:
 class _Fresh:
     """A freshly loaded value on its way to Redis."""
 
-    __slots__ = ("lease", "namespace", "payload", "px", "reading", "rkey")
+    __slots__ = (
+        "fence",
+        "leased",
+        "load_ms",
+        "namespace",
+        "payload",
+        "px",
+        "reading",
+        "rkey",
+    )
 
     def __init__(
         self,
@@ -812,15 +860,23 @@ class _Fresh:
         rkey: bytes,
         payload: bytes,
         px: Optional[int],
-        lease: Optional[bytes],
+        fence: Optional[bytes],
+        *,
+        leased: bool = True,
+        load_ms: int = 0,
     ) -> None:
         self.namespace = namespace
         self.reading = reading
         self.rkey = rkey
         self.payload = payload
         self.px = px
-        # The lease the key holds for this load: written only if it still does.
-        self.lease = lease
+        # What the key must still hold for the value to be written: the
+        # lease it holds for this load (*leased*: freed if the write fails),
+        # or the value a refresh-ahead replaces.
+        self.fence = fence
+        self.leased = leased
+        # How long the load took (for a timed value; see _envelope.timing).
+        self.load_ms = load_ms
 
 
 class _Part:
@@ -941,6 +997,19 @@ def _check(trip: _Trip, replies: List[Any]) -> List[Any]:
     return replies
 
 
+def _check_refresh_leases(replies: List[Any]) -> List[bool]:
+    """Which refresh leases (``SET ... NX``) this store took."""
+    taken = []
+    for reply in replies:
+        if isinstance(reply, ReplyError) or reply in (None, False):
+            taken.append(False)
+        elif _is_ok(reply):
+            taken.append(True)
+        else:
+            raise Unusable(f"SET NX answered {short_repr(reply)}")
+    return taken
+
+
 def _complete(future: Optional[asyncio.Future[None]]) -> None:
     if future is not None and not future.done():
         future.set_result(None)
@@ -991,8 +1060,10 @@ class Tier:
             return [MISS] * count
         seq = namespace.read_sent()
         opened = Opened()
+        timings: Dict[int, Tuple[int, int]] = {}
+        raws: List[Any] = []
         parse = functools.partial(
-            _parse_read, store._envelope, namespace, rkeys, opened
+            _parse_read, store._envelope, namespace, rkeys, opened, timings, raws
         )
         try:
             with redis_span("get_many", count):
@@ -1015,6 +1086,8 @@ class Tier:
         stats.reads += 1
         store._decode_errors(namespace, opened)
         namespace.read_answered(seq, gen)
+        if timings:
+            await self._timed(values, rkeys, raws, timings, gen, seq)
         leases: Dict[bytes, bytes] = {}
         if store._leasing():
             gen = await self._lease(values, rkeys, gen, leases, opened)
@@ -1022,7 +1095,9 @@ class Tier:
             for i, value in enumerate(values):
                 if type(value) is LeaseMark:
                     values[i] = MISS  # leased by a store that waits; this one loads
-        missed = [i for i, value in enumerate(values) if value is MISS]
+        missed = [
+            i for i, value in enumerate(values) if value is MISS or type(value) is Stale
+        ]
         waits = sum(type(value) is Leased for value in values)
         stats.hits += count - len(missed) - waits
         stats.misses += len(missed) + waits
@@ -1040,6 +1115,88 @@ class Tier:
             # Redis answers: whatever it owes, send now.
             store._schedule_send()
         return values
+
+    async def _timed(
+        self,
+        values: List[Any],
+        rkeys: List[bytes],
+        raws: List[Any],
+        timings: Dict[int, Tuple[int, int]],
+        gen: Optional[bytes],
+        seq: int,
+    ) -> None:
+        """Values past their time, and values about to be: Stale and Refresh.
+
+        A value past its time is a miss, or with ``stale_if_error`` a Stale
+        answer (loaded again, and served if that fails).  With
+        ``refresh_ahead``, a value near its time is chosen for a refresh with
+        the probability XFetch gives it (Vattani et al., VLDB 2015: the
+        nearer its time, and the longer its load took, the likelier); of the
+        processes that choose it, the one that takes its refresh lease (SET
+        NX) answers Refresh, and its loader loads it again in the background.
+        """
+        store = self.store
+        now = int(time.time() * 1000)
+        candidates: List[int] = []
+        for i, (stale_at, load_ms) in timings.items():
+            if not stale_at or values[i] is MISS or type(values[i]) is LeaseMark:
+                continue
+            if now >= stale_at:
+                if store.stale_if_error is not None:
+                    values[i] = Stale(values[i])
+                    store._stats.stale_reads += 1
+                else:
+                    values[i] = MISS
+            elif (
+                store.refresh_ahead
+                and now - load_ms * math.log(1.0 - random.random()) >= stale_at
+            ):
+                candidates.append(i)
+        if not candidates or gen is None:
+            return
+        base = self.namespace.base
+        refresh_keys = [base + b"r:" + rkeys[i][len(base) :] for i in candidates]
+        px = store._leases.ttl_px if store._leases is not None else 2000
+        try:
+            taken = await store._link.request(
+                [(b"SET", key, b"1", b"NX", b"PX", px) for key in refresh_keys],
+                _check_refresh_leases,
+            )
+        except RoundTripError:
+            return  # no refresh now: the values are still good
+        reading = Reading(gen, {}, seq)
+        started = time.monotonic()
+        for i, won in zip(candidates, taken):
+            if won:
+                store._stats.refreshes += 1
+                values[i] = Refresh(
+                    values[i],
+                    functools.partial(
+                        self._refreshed, reading, rkeys[i], raws[i], started
+                    ),
+                )
+
+    def _refreshed(
+        self, reading: Reading, rkey: bytes, old: bytes, started: float, value: Any
+    ) -> None:
+        """A key refreshed ahead loaded again: store it, if it is still *old*."""
+        store = self.store
+        entry = store._payload(value)
+        if entry is None:
+            return
+        load_ms = int((time.monotonic() - started) * 1000)
+        store._fresh.append(
+            _Fresh(
+                self.namespace,
+                reading,
+                rkey,
+                *entry,
+                old,
+                leased=False,
+                load_ms=load_ms,
+            )
+        )
+        store._schedule_send()
 
     async def _lease(
         self,
@@ -1162,6 +1319,11 @@ class Tier:
         store = self.store
         registry = store._leases
         queued = False
+        load_ms = (
+            int((time.monotonic() - reading.started) * 1000)
+            if store._timed_values
+            else 0
+        )
         for cache_key, value in items:
             rkey = reading.keys.get(cache_key)
             if rkey is None:
@@ -1180,7 +1342,9 @@ class Tier:
                 continue
             if lease is not None and registry is not None:
                 registry.filled(rkey, entry[0])
-            store._fresh.append(_Fresh(namespace, reading, rkey, *entry, lease))
+            store._fresh.append(
+                _Fresh(namespace, reading, rkey, *entry, lease, load_ms=load_ms)
+            )
             queued = True
         if reading.leases and registry is not None:
             # Keys whose loads did not give a value to store (an exception).
@@ -1256,12 +1420,16 @@ def _parse_read(
     namespace: Namespace,
     rkeys: List[bytes],
     opened: Opened,
+    timings: Dict[int, Tuple[int, int]],
+    raws_out: List[Any],
     replies: List[Any],
 ) -> Tuple[Optional[bytes], List[Any]]:
     """The values of a read's ``MGET``, if the reply can be its answer.
 
     Runs as the reply is parsed, so operations made while the read was in
-    flight are applied to its answer: a key cleared since is a miss.
+    flight are applied to its answer: a key cleared since is a miss.  The
+    timings of timed values go to *timings*, and then the raw values to
+    *raws_out* (a refresh-ahead compares them before it writes).
     """
     (raws,) = replies
     if type(raws) is not list or len(raws) != len(rkeys) + 1:
@@ -1273,10 +1441,12 @@ def _parse_read(
         gen, valid = envelope.open_generation(namespace.gen_key, raws[0])
         if not valid:
             opened.corrupt += 1
-        values = envelope.open_all(gen, rkeys, raws[1:], opened, MISS)
+        values = envelope.open_all(gen, rkeys, raws[1:], opened, MISS, timings=timings)
     except Mismatch as error:
         opened.corrupt += 1
         raise Unusable(str(error)) from None
+    if timings:
+        raws_out[:] = raws[1:]
     if namespace.new_gen is not None:
         return gen, [MISS] * len(rkeys)
     operations = namespace.operations
@@ -1286,6 +1456,7 @@ def _parse_read(
             op = operations.get(rkey)
             if op is None:
                 continue
+            timings.pop(i, None)
             if op.kind == DELETE or op.payload is None:
                 values[i] = MISS
             else:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, List
+from typing import Any, Dict, List, Tuple
 
 import pytest
 
@@ -13,6 +13,7 @@ from loadercache.backends.redis._envelope import (
     Opened,
     TooLarge,
     new_token,
+    timing,
 )
 from loadercache.backends.redis._resp import TOO_LARGE
 from loadercache.backends.serializers import MsgpackSerializer
@@ -101,3 +102,44 @@ def test_generations() -> None:
     )
     assert envelope.open_generation(KEY, None) == (None, True)
     assert envelope.open_generation(KEY, b"16 hex digits!!!") == (None, False)
+
+
+def test_a_timed_value_opens_with_its_timing() -> None:
+    envelope = Envelope(MsgpackSerializer())
+    token = new_token()
+    raw = envelope.seal(token, KEY, envelope.dumps("one"), timing(1234, 56))
+    assert raw[:1] == b"M"
+    plain = envelope.seal(token, OTHER, envelope.dumps("two"))
+    timings: Dict[int, Tuple[int, int]] = {}
+    opened = Opened()
+    values = envelope.open_all(
+        token, [OTHER, KEY], [plain, raw], opened, MISS, timings=timings
+    )
+    assert values == ["two", "one"] and timings == {1: (1234, 56)}
+    # Another generation: a miss, as for an untimed value.
+    assert open_one(envelope, new_token(), KEY, raw)[0] is MISS
+
+
+def test_the_timing_is_signed_with_the_value() -> None:
+    envelope = Envelope(MsgpackSerializer(), secret=b"s" * 16)
+    token = new_token()
+    raw = envelope.seal(token, KEY, envelope.dumps("one"), timing(1234, 56))
+    assert open_one(envelope, token, KEY, raw)[0] == "one"
+    # Pushing its stale time out is forging it.
+    at = 1 + 8 + 4 + 16
+    forged = raw[:at] + timing(10**12, 56)[:8] + raw[at + 8 :]
+    value, opened = open_one(envelope, token, KEY, forged)
+    assert value is MISS and opened.forged == 1
+
+
+def test_a_timed_value_too_short_for_its_timing_is_corrupt() -> None:
+    envelope = Envelope(MsgpackSerializer())
+    token = new_token()
+    raw = envelope.seal(token, KEY, b"", timing(1, 1))
+    value, opened = open_one(envelope, token, KEY, raw[:-3])
+    assert value is MISS and opened.corrupt == 1
+
+
+def test_timing_clamps_what_it_cannot_hold() -> None:
+    assert timing(-5, -1) == timing(0, 0)
+    assert timing(0, 1 << 40)[8:] == b"\xff" * 4
