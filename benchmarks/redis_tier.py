@@ -38,7 +38,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 from benchmarks.contenders import BatchCounter, batch_fn
 from benchmarks.scenarios import Entry, Sample, Scenario, Sizes
 
-__all__ = ["REDIS_URL", "REQUIRE_REDIS", "scenarios", "unavailable"]
+__all__ = ["REDIS_URL", "REQUIRE_REDIS", "delete_prefix", "scenarios", "unavailable"]
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 REQUIRE_REDIS = os.environ.get("LOADERCACHE_REQUIRE_REDIS") == "1"
@@ -376,11 +376,15 @@ async def _cold_server_counts(run: _Run) -> None:
 
 
 async def _delete_keys(run: _Run) -> None:
-    # Only this run's keys: SCAN with our random prefix, never KEYS or FLUSH*.
+    await delete_prefix(run.prefix)
+
+
+async def delete_prefix(prefix: str) -> None:
+    """Delete the keys under *prefix*: found by SCAN, never KEYS or FLUSH*."""
     client = _client()
     try:
         batch: List[bytes] = []
-        async for key in client.scan_iter(match=f"{run.prefix}:*", count=1000):
+        async for key in client.scan_iter(match=f"{prefix}:*", count=1000):
             batch.append(key)
             if len(batch) >= 500:
                 await client.delete(*batch)

@@ -35,7 +35,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import loadercache
-from benchmarks import redis_tier
+from benchmarks import fleet, redis_tier
 from benchmarks.scenarios import FULL, QUICK, Sample, Scenario, Sizes, scenarios
 
 __all__ = ["Result", "main", "run_suite", "structural_checks"]
@@ -237,6 +237,19 @@ def target_checks(results: Sequence[Result]) -> List[Check]:
                         f"{name} >= {s.floor_target} x {s.baseline}",
                         ratio >= s.floor_target,
                         f"{ratio:.2f}",
+                    )
+                )
+            for extra, limit in s.at_most.items():
+                value = entry.extra(extra)
+                checks.append(
+                    Check(
+                        s.key,
+                        f"{name}: {extra} <= {limit:g}",
+                        value is not None and value <= limit,
+                        f"median {value:g}, max "
+                        f"{max(smp.extra[extra] for smp in entry.samples):g}"
+                        if value is not None
+                        else "not measured",
                     )
                 )
             for peer in result.peers(name):
@@ -442,6 +455,8 @@ def run_suite(
     table: List[Scenario] = scenarios(sizes)
     if not selected or 9 in selected:
         table += redis_tier.scenarios(sizes)
+    if not selected or 11 in selected:
+        table += fleet.scenarios(sizes)
     results: List[Result] = []
     skipped: List[Scenario] = []
     for scenario in table:
@@ -517,7 +532,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         type=int,
         action="append",
         metavar="N",
-        help="run scenario N (1-10); repeatable; default all",
+        help="run scenario N (1-11); repeatable; default all",
     )
     parser.add_argument(
         "--repeat", type=int, metavar="R", help="rounds per scenario (7; quick: 3)"

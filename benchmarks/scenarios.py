@@ -3,7 +3,8 @@
 Every workload builds its loader inside the running event loop, times only
 the loads (setup such as warming the cache is outside the timer), and returns
 a :class:`Sample`.  The batch function is :func:`benchmarks.contenders.batch_fn`
-for everyone.  Scenario 9 (Redis) lives in :mod:`benchmarks.redis_tier`.
+for everyone.  Scenario 9 (Redis) lives in :mod:`benchmarks.redis_tier`,
+scenario 11 (a fleet of processes) in :mod:`benchmarks.fleet`.
 """
 
 from __future__ import annotations
@@ -55,11 +56,22 @@ class Sizes:
     memory_keys: int = 100_000
     redis_keys: int = 20_000
     redis_batch: int = 1_000
+    fleet_processes: int = 4
+    fleet_requests: int = 32
+    fleet_keys: int = 1_000
+    fleet_lease_ttl: float = 0.5
 
 
 FULL = Sizes()
 QUICK = Sizes(
-    keys=10_000, trees=5, graphql_trees=2, memory_keys=5_000, redis_keys=2_000
+    keys=10_000,
+    trees=5,
+    graphql_trees=2,
+    memory_keys=5_000,
+    redis_keys=2_000,
+    fleet_processes=3,
+    fleet_requests=4,
+    fleet_keys=200,
 )
 
 
@@ -98,8 +110,10 @@ class Scenario:
     each loadercache entry to the entries it must not be slower than (by
     default every entry but the baseline).  ``tree``: each request must make
     exactly three batch calls.  ``exact``: counts loadercache's samples must
-    show exactly (Redis round trips per batch).  ``skipped`` says why the
-    scenario cannot run here; ``required`` makes that a failure.
+    show exactly (Redis round trips per batch).  ``at_most``: upper bounds
+    on loadercache's extras (medians), checked like ``floor_target``.
+    ``skipped`` says why the scenario cannot run here; ``required`` makes
+    that a failure.
     """
 
     key: str
@@ -113,6 +127,7 @@ class Scenario:
     peers_of: Optional[Dict[str, Tuple[str, ...]]] = None
     tree: bool = False
     exact: Dict[str, float] = field(default_factory=dict)
+    at_most: Dict[str, float] = field(default_factory=dict)
     memory: bool = False
     skipped: Optional[str] = None
     required: bool = False

@@ -1,0 +1,181 @@
+"""One process of scenario 11's fleet, driven through stdin by benchmarks.fleet.
+
+``python -m benchmarks.fleet_worker <url> <prefix> --lease-ttl S --deadline S``
+holds three stores on *url*, all under *prefix*: ``on`` (leases with the
+default settings), ``off`` (``leases=False``) and ``short`` (leases with
+``lease_ttl=S``, for the killed-holder runs).  It reads one JSON command per
+line and answers each with one JSON line carrying the command's ``id``;
+commands run concurrently, so ``stats`` answers while a load is in flight.
+
+* ``{"op": "ready", "stores": [...]}``: open those stores' connections (a
+  load in a namespace of its own), so no timed run pays for connecting or for
+  sending the lease scripts.
+* ``{"op": "load", "store": s, "ns": n, "keys": k, "requests": r}``: *r*
+  concurrent requests, each a fresh loader over ``store.cache_map(n)``
+  doing ``load_many(range(k))``; the batch function sleeps ``DB_SECONDS``
+  (a database).  With ``"block": true`` it prints ``{"event": "started"}``
+  and never returns (the holder a test kills).  The answer: the batch calls
+  (``[monotonic time, keys]`` each, and the keys themselves with
+  ``"report_keys": true``), the requests whose values were wrong, when the
+  first request started and the last ended (``time.monotonic()``: one clock
+  for every process of the machine), the CPU time the process spent until
+  then, and the store's counters that moved.
+* ``{"op": "stats", "store": s}``: the store's counters.
+* ``{"op": "quit"}``, or the end of stdin: close the stores and exit.
+
+The process exits by itself after ``--deadline`` seconds, whatever it is
+doing (a thread calls ``os._exit``), so a parent that dies or hangs never
+leaves it behind for long.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import threading
+import time
+from typing import Any, Dict, List
+
+from loadercache import DataLoader
+from loadercache.backends.redis import RedisStore
+
+#: How long the batch function takes, like a database's round trip.
+DB_SECONDS = 0.002
+TTL = 600.0
+
+
+def _emit(message: Dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+class Worker:
+    """The stores, and the commands of the module docstring."""
+
+    def __init__(self, url: str, prefix: str, lease_ttl: float) -> None:
+        self.stores: Dict[str, RedisStore] = {
+            "on": RedisStore(url, prefix=prefix, ttl=TTL),
+            "off": RedisStore(url, prefix=prefix, ttl=TTL, leases=False),
+            "short": RedisStore(url, prefix=prefix, ttl=TTL, lease_ttl=lease_ttl),
+        }
+
+    async def ready(self, command: Dict[str, Any]) -> Dict[str, Any]:
+        for name in command["stores"]:
+            store = self.stores[name]
+            loader: DataLoader[int, int] = DataLoader(
+                _echo, cache_map=store.cache_map(f"ready-{os.getpid()}")
+            )
+            await loader.load_many(range(3))
+            await store.flush()
+        return {"pid": os.getpid()}
+
+    async def load(self, command: Dict[str, Any]) -> Dict[str, Any]:
+        store = self.stores[command["store"]]
+        namespace, block = command["ns"], bool(command.get("block"))
+        keys = list(range(int(command["keys"])))
+        calls: List[List[float]] = []
+        loaded: List[int] = []
+
+        async def batch_load(batch: List[int]) -> List[int]:
+            calls.append([time.monotonic(), len(batch)])
+            loaded.extend(batch)
+            if block:
+                _emit({"event": "started", "id": command["id"]})
+                await asyncio.Event().wait()  # until the parent kills us
+            await asyncio.sleep(DB_SECONDS)
+            return batch
+
+        async def request() -> bool:
+            loader: DataLoader[int, int] = DataLoader(
+                batch_load, cache_map=store.cache_map(namespace)
+            )
+            return await loader.load_many(keys) == keys
+
+        before = store.stats.as_dict()
+        cpu = time.process_time()
+        start = time.monotonic()
+        answers = await asyncio.gather(
+            *[request() for _ in range(int(command["requests"]))]
+        )
+        done = time.monotonic()
+        cpu = time.process_time() - cpu
+        await store.flush()
+        after = store.stats.as_dict()
+        moved = {
+            name: after[name] - value
+            for name, value in before.items()
+            if isinstance(value, int) and after[name] != value
+        }
+        answer: Dict[str, Any] = {
+            "calls": calls,
+            "wrong": answers.count(False),
+            "start": start,
+            "done": done,
+            "cpu": cpu,
+            "stats": moved,
+        }
+        if command.get("report_keys"):
+            answer["keys"] = loaded
+        return answer
+
+    async def run(self, command: Dict[str, Any]) -> None:
+        op = command["op"]
+        try:
+            if op == "ready":
+                answer = await self.ready(command)
+            elif op == "load":
+                answer = await self.load(command)
+            elif op == "stats":
+                answer = {"stats": self.stores[command["store"]].stats.as_dict()}
+            else:
+                answer = {"error": f"unknown op {op!r}"}
+        except Exception as error:  # the parent reports it; never hang it
+            answer = {"error": f"{type(error).__name__}: {error}"}
+        _emit({"id": command.get("id"), **answer})
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=1 << 20)
+        await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), sys.stdin
+        )
+        tasks = set()
+        while True:
+            line = await reader.readline()
+            if not line.strip():
+                break  # the end of stdin: the parent is gone
+            command = json.loads(line)
+            if command["op"] == "quit":
+                break
+            task = asyncio.ensure_future(self.run(command))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for store in self.stores.values():
+            await store.aclose()
+
+
+async def _echo(keys: List[int]) -> List[int]:
+    return keys
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.fleet_worker")
+    parser.add_argument("url")
+    parser.add_argument("prefix")
+    parser.add_argument("--lease-ttl", type=float, default=0.5)
+    parser.add_argument("--deadline", type=float, default=600.0)
+    options = parser.parse_args()
+    watchdog = threading.Timer(options.deadline, os._exit, (3,))
+    watchdog.daemon = True
+    watchdog.start()
+    asyncio.run(Worker(options.url, options.prefix, options.lease_ttl).serve())
+
+
+if __name__ == "__main__":
+    main()
