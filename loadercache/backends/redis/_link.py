@@ -375,7 +375,9 @@ class Link:
     >>> await link.aclose()
 
     ``handshake`` returns commands sent on every new connection after
-    authentication (e.g. ``CLIENT TRACKING``), and ``on_push`` receives every
+    authentication (e.g. ``CLIENT TRACKING``), whose replies go to
+    ``on_handshake`` (which may raise :class:`Unusable`; by default an error
+    reply fails the connection), and ``on_push`` receives every
     RESP3 push frame; ``on_connect`` is called with no argument once a new
     connection is ready, and ``on_lost`` with the error when one is lost.
     """
@@ -390,6 +392,7 @@ class Link:
         max_pending: int = 100_000,
         client_name: Optional[str] = "loadercache",
         handshake: Optional[Callable[[bool], Sequence[Command]]] = None,
+        on_handshake: Optional[Callable[[List[Any]], None]] = None,
         on_push: Optional[Callable[[Push], None]] = None,
         on_connect: Optional[Callable[[], None]] = None,
         on_lost: Optional[Callable[[RoundTripError], None]] = None,
@@ -401,6 +404,7 @@ class Link:
         self.max_pending = max_pending
         self.client_name = client_name
         self.handshake = handshake
+        self.on_handshake = on_handshake
         self.on_push = on_push
         self.on_connect = on_connect
         self.on_lost = on_lost
@@ -604,10 +608,14 @@ class Link:
                 setup.append([b"CLIENT", b"SETNAME", self.client_name])
         if address.db:
             setup.append([b"SELECT", address.db])
-        if self.handshake is not None:
-            setup.extend(self.handshake(resp3))
         if setup:
             await self._call(connection, loop, setup, _check_all_ok)
+        if self.handshake is not None:
+            # The caller's own setup: it decides what its errors mean.
+            extra = list(self.handshake(resp3))
+            if extra:
+                check = self.on_handshake or _check_all_ok
+                await self._call(connection, loop, extra, check)
         return resp3
 
     async def _call(
