@@ -51,7 +51,16 @@ class RedisCacheMap:
     or queued).
     """
 
-    __slots__ = ("_encoded", "_local", "_local_set", "_tier", "get")
+    __slots__ = (
+        "_encoded",
+        "_local",
+        "_local_get",
+        "_local_set",
+        "_near",
+        "_stats",
+        "_tier",
+        "get",
+    )
 
     if TYPE_CHECKING:
 
@@ -75,12 +84,19 @@ class RedisCacheMap:
         self._local: CacheMap[Any, Any] = as_cache_map(
             local if local is not None else {}
         )
-        # The loader calls get for every load: it is the local tier's own.
-        # A key that cannot be stored is refused by set().
-        fill_slot(RedisCacheMap, self, "get", self._local.get)
+        # The loader calls get for every load: it is the local tier's own
+        # (with a near cache, one that looks there next).  A key that cannot
+        # be stored is refused by set().
+        self._local_get = self._local.get
         self._local_set: Callable[[Hashable, asyncio.Future[Any]], None] = (
             self._local.set
         )
+        self._stats = store._stats
+        if store._near is not None:
+            self._near = self._tier.namespace.near
+            fill_slot(RedisCacheMap, self, "get", self._near_get)
+        else:
+            fill_slot(RedisCacheMap, self, "get", self._local_get)
         self._encoded: Dict[Hashable, bytes] = {}
 
     def __repr__(self) -> str:
@@ -194,6 +210,17 @@ class RedisCacheMap:
         self._encoded.pop(key, None)
 
     # -- helpers -------------------------------------------------------------
+
+    def _near_get(self, key: Hashable) -> Optional[asyncio.Future[Any]]:
+        # The local future; else the near cache's, which this request then
+        # keeps (whatever later happens to the near cache).
+        future = self._local_get(key)
+        if future is None:
+            future = self._near.get(key)
+            if future is not None:
+                self._local_set(key, future)
+                self._stats.near_hits += 1
+        return future
 
     def _redis_key(self, key: Hashable) -> bytes:
         rkey = self._encoded.pop(key, None)

@@ -15,8 +15,9 @@ A key leased elsewhere is *waited for*, not loaded: its load gets a
 :class:`~loadercache.cache.Leased` answer that completes when the holder's
 value lands.  The wake-up comes from Redis itself, through server-assisted
 client tracking (``CLIENT TRACKING ON OPTIN`` on the store's RESP3
-connection): the store re-reads the waited keys with ``CLIENT CACHING YES``,
-and Redis pushes an invalidation the moment any of them changes (filled,
+connection; broadcast mode on the store's prefix when it has a near cache):
+the store re-reads the waited keys with ``CLIENT CACHING YES``, and Redis
+pushes an invalidation the moment any of them changes (filled,
 cleared, expired), upon which it reads them again.  No polling.  A wait ends
 with the value; or, when the key turns out free (its holder failed and
 released it, or died and its lease expired) or after ``lease_wait`` seconds,
@@ -57,7 +58,7 @@ from loadercache.backends.redis._envelope import (
     lease_marker,
     new_token,
 )
-from loadercache.backends.redis._link import RoundTripError, Unusable
+from loadercache.backends.redis._link import Command, RoundTripError, Unusable
 from loadercache.backends.redis._namespace import Namespace
 from loadercache.backends.redis._resp import Push, ReplyError
 from loadercache.backends.redis._scripts import (
@@ -291,13 +292,12 @@ class Leases:
             if not rkeys:
                 continue
             parse = _RereadParse(namespace, rkeys, self.store)
-            future = link.request(
-                [
-                    (b"CLIENT", b"CACHING", b"YES"),
-                    (b"MGET", namespace.gen_key, *rkeys),
-                ],
-                parse,
-            )
+            read: Command = (b"MGET", namespace.gen_key, *rkeys)
+            if self.store._near is not None:
+                # Broadcast tracking (for the near cache): every key is.
+                future = link.request([read], parse)
+            else:
+                future = link.request([(b"CLIENT", b"CACHING", b"YES"), read], parse)
             future.add_done_callback(functools.partial(self._reread_done, rkeys))
 
     def _reread_done(self, rkeys: List[bytes], future: asyncio.Future[Any]) -> None:
@@ -463,9 +463,9 @@ class _RereadParse:
         self.store = store
 
     def __call__(self, replies: List[Any]) -> List[Any]:
-        caching, raws = replies
-        if isinstance(caching, ReplyError):
-            raise Unusable(f"CLIENT CACHING failed: {caching}")
+        *caching, raws = replies
+        if caching and isinstance(caching[0], ReplyError):
+            raise Unusable(f"CLIENT CACHING failed: {caching[0]}")
         if type(raws) is not list or len(raws) != len(self.rkeys) + 1:
             raise Unusable(f"MGET answered {raws!r:.80}")
         envelope = self.store._envelope

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import math
 import time
 from typing import Any, Dict, Hashable, List, Optional, Set, Tuple, Union
 
@@ -137,8 +138,11 @@ class Namespace:
         "created_seq",
         "gen",
         "gen_key",
+        "gen_touched",
         "learning",
         "name",
+        "near",
+        "near_gen",
         "new_gen",
         "new_gen_sent",
         "operations",
@@ -165,6 +169,12 @@ class Namespace:
         self.seq = 0
         self.operations: Dict[bytes, Operation] = {}
         self.readings: Dict[Optional[asyncio.Task[Any]], Reading] = {}
+        # The near cache's values of this namespace (cache key -> resolved
+        # future; see _near), and the generation they were read under.
+        self.near: Dict[Hashable, asyncio.Future[Any]] = {}
+        self.near_gen: Optional[bytes] = None
+        # When this process last extended the generation's expiry (monotonic).
+        self.gen_touched = -math.inf
 
     def __repr__(self) -> str:
         return f"<Namespace {self.name!r}>"
@@ -191,6 +201,8 @@ class Namespace:
         new generation).
         """
         token = new_token()
+        self.near.clear()
+        self.near_gen = None
         self.new_gen = token
         self.new_gen_sent = None
         self.gen = token

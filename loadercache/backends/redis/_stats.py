@@ -44,6 +44,13 @@ class StoreStats:
     also counts as a miss), and ``refreshes`` the values this store chose to
     load again ahead of their expiry.
 
+    Near cache (see ``RedisStore(near_cache=...)``): ``near_hits`` counts
+    loads served from it (no round trip), ``near_invalidations`` the keys
+    Redis said changed (each evicts its value, if held), ``near_flushes``
+    how often it emptied, wholly or a namespace of it (a ``clear_all`` by
+    any process, a lost or silent connection), and ``near_size`` how many
+    values it holds now.
+
     ``pending_operations`` is how many clears, primes and clear_alls this
     process has made that Redis has not confirmed yet (they are sent again
     until it does), and ``generation_overflows`` how often pending deletes
@@ -78,6 +85,10 @@ class StoreStats:
     fenced_refusals: int = 0
     stale_reads: int = 0
     refreshes: int = 0
+    near_hits: int = 0
+    near_invalidations: int = 0
+    near_flushes: int = 0
+    near_size: int = 0
     pending_operations: int = 0
     generation_overflows: int = 0
     connects: int = 0

@@ -28,6 +28,7 @@ import logging
 import math
 import random
 import time
+import warnings
 import weakref
 from collections import OrderedDict
 from dataclasses import asdict
@@ -81,7 +82,8 @@ from loadercache.backends.redis._namespace import (
     Operation,
     Reading,
 )
-from loadercache.backends.redis._resp import TOO_LARGE, ReplyError
+from loadercache.backends.redis._near import NearCache
+from loadercache.backends.redis._resp import TOO_LARGE, Push, ReplyError
 from loadercache.backends.redis._scripts import (
     ACQUIRE,
     FENCED_SET,
@@ -198,6 +200,16 @@ class RedisStore:
       loaded again in the background by one process, which is served the
       current value meanwhile (the nearer the end and the slower the load,
       the likelier a read triggers it), so hot keys never expire under load.
+    * ``near_cache`` (default None: off; needs a URL, not a client): up to
+      this many recently read values of every namespace are kept in process
+      memory and served to every request of the process without a round
+      trip; Redis tells the store (client tracking, in broadcast mode on the
+      store's keys) when any client changes one, and it goes at once.  While
+      the store's connection is down or its pings go unanswered, the near
+      cache is empty and bypassed.  ``near_ttl`` (default 60 s) bounds how
+      long a value stays regardless; ``near_ping`` (default 1 s) is how often
+      an idle connection is checked.  Values are shared by the requests, not
+      copied: treat them as read-only.
     * ``ssl``: an ``ssl.SSLContext`` for a ``rediss://`` URL (default: the
       system's trusted certificates); ``client_name`` (default
       ``"loadercache"``): the name the connection gives itself
@@ -226,6 +238,9 @@ class RedisStore:
         lease_wait: float = 10.0,
         stale_if_error: Optional[float] = None,
         refresh_ahead: bool = False,
+        near_cache: Optional[int] = None,
+        near_ttl: float = 60.0,
+        near_ping: float = 1.0,
         ssl: Any = None,
         client_name: Optional[str] = "loadercache",
         timer: Callable[[], float] = time.monotonic,
@@ -268,6 +283,12 @@ class RedisStore:
             if leases and isinstance(client_or_url, str)
             else None
         )
+        self._stats = StoreStats()
+        self._near = self._make_near(client_or_url, near_cache, near_ttl, near_ping)
+        # Whether the current connection tracks keys (see _handshook), and
+        # warnings already given about tracking.
+        self._tracking = False
+        self._tracking_warned = False
         self._link: Union[Link, ClientLink] = self._make_link(
             client_or_url, connect_timeout, ssl, client_name
         )
@@ -277,7 +298,11 @@ class RedisStore:
         self._gen_px: Optional[int] = (
             None if self.ttl is None else int(2000 * longest) + self._grace_ms
         )
-        self._stats = StoreStats()
+        # A write extends the generation's expiry only if it was last
+        # extended longer ago than this: it still outlives the write's
+        # values, and other processes' near caches are not emptied by
+        # every write (each extension is a change Redis tells them of).
+        self._gen_touch_every = longest / 2
         self._health = Health(
             repr(self), threshold=threshold or 1, cooldown=cooldown or 0.0, timer=timer
         )
@@ -311,7 +336,7 @@ class RedisStore:
         client_name: Optional[str],
     ) -> Union[Link, ClientLink]:
         if isinstance(client_or_url, str):
-            leases = self._leases
+            tracks = self._leases is not None or self._near is not None
             return Link(
                 parse_url(client_or_url, ssl),
                 timeout=self.timeout,
@@ -319,10 +344,11 @@ class RedisStore:
                 # A value past the limit is skipped as it arrives, unread.
                 max_bulk=self._envelope.max_reply,
                 client_name=client_name,
-                handshake=self._handshake if leases is not None else None,
-                on_push=leases.pushed if leases is not None else None,
-                on_connect=leases.reconnected if leases is not None else None,
-                on_lost=leases.lost if leases is not None else None,
+                handshake=self._handshake if tracks else None,
+                on_handshake=self._handshook if tracks else None,
+                on_push=self._pushed if tracks else None,
+                on_connect=self._connected if tracks else None,
+                on_lost=self._lost if tracks else None,
             )
         if not callable(getattr(client_or_url, "pipeline", None)):
             raise TypeError(
@@ -346,21 +372,107 @@ class RedisStore:
     def __repr__(self) -> str:
         return f"<RedisStore prefix={self.prefix!r} version={self.version!r}>"
 
+    def _make_near(
+        self, client_or_url: Any, maxsize: Any, ttl: Any, ping: Any
+    ) -> Optional[NearCache]:
+        size = _valid.count("near_cache", maxsize, least=1, none=True)
+        ttl = _valid.seconds("near_ttl", ttl)
+        ping = _valid.seconds("near_ping", ping)
+        if size is None:
+            return None
+        if not isinstance(client_or_url, str):
+            warnings.warn(
+                "RedisStore(near_cache=...) needs a redis:// URL (the store's own "
+                "connection receives the invalidations); with a client it is off.",
+                stacklevel=3,
+            )
+            return None
+        return NearCache(
+            size,
+            ttl or 60.0,
+            ping or 1.0,
+            self._stats,
+            send_ping=self._send_ping,
+            tracking=lambda: self._tracking,
+        )
+
     def _handshake(self, resp3: bool) -> List[Command]:
-        """What a new connection sends first, when the store leases keys:
-        client tracking, for the invalidations that wake waits, and the
-        scripts, so that they are known before the first EVALSHA."""
+        """What a new connection sends first: client tracking (its pushes
+        wake lease waits and evict near values; broadcast mode on the
+        store's keys with a near cache, else only keys asked for), and the
+        lease scripts, so that they are known before the first EVALSHA."""
         if not resp3:
-            return []  # no pushes: leases are off (see _leasing)
-        return [
-            (b"CLIENT", b"TRACKING", b"ON", b"OPTIN"),
-            *[(b"SCRIPT", b"LOAD", script.source) for script in _SCRIPTS],
+            self._tracking = False
+            self._warn_tracking("the server speaks RESP2 only (no pushes)")
+            return []
+        if self._near is not None:
+            prefix = namespace_base(self.prefix, self.version, "")[:-3]
+            tracking: Command = (
+                b"CLIENT",
+                b"TRACKING",
+                b"ON",
+                b"BCAST",
+                b"PREFIX",
+                prefix,
+            )
+        else:
+            tracking = (b"CLIENT", b"TRACKING", b"ON", b"OPTIN")
+        scripts = _SCRIPTS if self._leases is not None else ()
+        return [tracking, *[(b"SCRIPT", b"LOAD", s.source) for s in scripts]]
+
+    def _handshook(self, replies: List[Any]) -> None:
+        """The handshake's replies: tracking may be refused (an ACL, a proxy);
+        then leases wait for nobody and the near cache stays empty.  A
+        script that cannot be loaded is sent by its source when needed."""
+        refusal = replies[0] if replies else None
+        self._tracking = bool(replies) and _is_ok(refusal)
+        if not self._tracking:
+            self._warn_tracking(f"CLIENT TRACKING answered {short_repr(refusal)}")
+
+    def _warn_tracking(self, why: str) -> None:
+        if self._tracking_warned:
+            return
+        self._tracking_warned = True
+        off = [
+            name
+            for name, on in (("leases", self._leases), ("near_cache", self._near))
+            if on is not None
         ]
+        if off:
+            logger.warning(
+                "%r: no client tracking on this server (%s): %s off.",
+                self,
+                why,
+                " and ".join(off),
+            )
+
+    def _pushed(self, frame: Push) -> None:
+        if len(frame) < 2 or frame[0] != b"invalidate":
+            return
+        if self._leases is not None:
+            self._leases.pushed(frame)
+        if self._near is not None:
+            self._near.pushed(frame[1])
+
+    def _connected(self) -> None:
+        if self._leases is not None:
+            self._leases.reconnected()
+        if self._near is not None:
+            self._near.connected(self._tracking)
+
+    def _lost(self, error: RoundTripError) -> None:
+        if self._near is not None:
+            self._near.lost()
+        if self._leases is not None:
+            self._leases.lost(error)
+
+    def _send_ping(self) -> Optional[asyncio.Future[Any]]:
+        return self._link.request([(b"PING",)], _pong)
 
     def _leasing(self) -> bool:
         """Whether reads lease their misses now: leases on, and a connection
-        that can deliver the pushes that wake waits."""
-        return self._leases is not None and self._link.resp3
+        that delivers the pushes that wake waits."""
+        return self._leases is not None and self._link.resp3 and self._tracking
 
     def _native_fencing(self) -> bool:
         """Whether the server has SET ... IFEQ (Valkey 8.1, Redis 8.4)."""
@@ -391,6 +503,7 @@ class RedisStore:
             namespace.pending_count() for namespace in self._dirty.values()
         )
         snapshot.connects = self._link.connects
+        snapshot.near_size = len(self._near) if self._near is not None else 0
         return snapshot
 
     def cache_map(
@@ -449,6 +562,8 @@ class RedisStore:
         >>> await store.aclose()
         """
         await self.flush()
+        if self._near is not None:
+            self._near.close()
         if self._leases is not None:
             await self._leases.close()
         for handle in (self._send_handle, self._retry_handle):
@@ -696,7 +811,11 @@ class RedisStore:
             part.fenced_script = len(commands)
             commands.append(FENCED_SET.command(fenced_keys, fenced_args))
         if (primes or fresh) and gen_px is not None:
-            commands.append((b"PEXPIRE", gen_key, gen_px))
+            now = time.monotonic()
+            if now - namespace.gen_touched >= self._gen_touch_every:
+                namespace.gen_touched = now
+                part.touch = True
+                commands.append((b"PEXPIRE", gen_key, gen_px))
         part.end = len(commands)
         trip.stores = trip.stores or bool(
             primes or fresh or part.new_gen is not None or part.create is not None
@@ -831,6 +950,8 @@ class RedisStore:
     def _returned(self, trip: _Trip) -> None:
         for part in trip.parts:
             namespace = part.namespace
+            if part.touch:
+                namespace.gen_touched = -math.inf  # extend it with the next write
             namespace.returned(part.taken)
             namespace.gen_returned(trip.number)
             if part.learn is not None:
@@ -897,6 +1018,7 @@ class _Part:
         "seq",
         "start",
         "taken",
+        "touch",
     )
 
     def __init__(self, namespace: Namespace, start: int, seq: int) -> None:
@@ -919,6 +1041,8 @@ class _Part:
         # The token a SET NX creates, and the operations taken.
         self.creating: Optional[bytes] = None
         self.taken: List[Tuple[bytes, Operation]] = []
+        # Whether it extends the generation's expiry.
+        self.touch = False
 
 
 class _Trip:
@@ -997,6 +1121,13 @@ def _check(trip: _Trip, replies: List[Any]) -> List[Any]:
     return replies
 
 
+def _pong(replies: List[Any]) -> Any:
+    (reply,) = replies
+    if reply != "PONG" and reply != b"PONG":
+        raise Unusable(f"PING answered {short_repr(reply)}")
+    return reply
+
+
 def _check_refresh_leases(replies: List[Any]) -> List[bool]:
     """Which refresh leases (``SET ... NX``) this store took."""
     taken = []
@@ -1063,7 +1194,15 @@ class Tier:
         timings: Dict[int, Tuple[int, int]] = {}
         raws: List[Any] = []
         parse = functools.partial(
-            _parse_read, store._envelope, namespace, rkeys, opened, timings, raws
+            _parse_read,
+            store._envelope,
+            namespace,
+            keys,
+            rkeys,
+            opened,
+            timings,
+            raws,
+            store._near,
         )
         try:
             with redis_span("get_many", count):
@@ -1358,6 +1497,9 @@ class Tier:
 
     def prime(self, rkey: bytes, value: Any) -> None:
         """Store *value* at *rkey* for every process (in the background)."""
+        near = self.store._near
+        if near is not None:
+            near.evict(rkey)  # the others' go when Redis has it
         entry = self.store._payload(value)
         if entry is None:
             # It cannot be stored: at least what Redis holds must go.
@@ -1368,6 +1510,9 @@ class Tier:
 
     def invalidate(self, rkey: bytes) -> None:
         """Delete *rkey* for every process (in the background)."""
+        near = self.store._near
+        if near is not None:
+            near.evict(rkey)
         self.namespace.invalidate(rkey)
         self.store._dirtied(self.namespace)
 
@@ -1418,10 +1563,12 @@ def _decoded(
 def _parse_read(
     envelope: Envelope,
     namespace: Namespace,
+    keys: Sequence[Hashable],
     rkeys: List[bytes],
     opened: Opened,
     timings: Dict[int, Tuple[int, int]],
     raws_out: List[Any],
+    near: Optional[NearCache],
     replies: List[Any],
 ) -> Tuple[Optional[bytes], List[Any]]:
     """The values of a read's ``MGET``, if the reply can be its answer.
@@ -1429,7 +1576,9 @@ def _parse_read(
     Runs as the reply is parsed, so operations made while the read was in
     flight are applied to its answer: a key cleared since is a miss.  The
     timings of timed values go to *timings*, and then the raw values to
-    *raws_out* (a refresh-ahead compares them before it writes).
+    *raws_out* (a refresh-ahead compares them before it writes).  The values
+    go to the *near* cache here too: in the order of the connection, before
+    any invalidation Redis sent after this reply (see _near).
     """
     (raws,) = replies
     if type(raws) is not list or len(raws) != len(rkeys) + 1:
@@ -1461,4 +1610,32 @@ def _parse_read(
                 values[i] = MISS
             else:
                 values[i] = loads(op.payload)
+    if near is not None and near.active and gen is not None:
+        _fill_near(near, namespace, keys, rkeys, values, timings, gen)
     return gen, values
+
+
+def _fill_near(
+    near: NearCache,
+    namespace: Namespace,
+    keys: Sequence[Hashable],
+    rkeys: List[bytes],
+    values: List[Any],
+    timings: Dict[int, Tuple[int, int]],
+    gen: bytes,
+) -> None:
+    """Keep the values Redis answered: not those a pending operation of this
+    process overrides, nor a timed value that goes stale within near_ttl
+    (its reads must reach Redis by then)."""
+    operations = namespace.operations
+    soon = int((time.time() + near.ttl) * 1000) if timings else 0
+    for i, value in enumerate(values):
+        if value is MISS or type(value) is LeaseMark:
+            continue
+        rkey = rkeys[i]
+        if rkey in operations:
+            continue
+        timing_ = timings.get(i)
+        if timing_ is not None and timing_[0] and timing_[0] <= soon:
+            continue
+        near.fill(namespace, keys[i], rkey, value, gen)

@@ -19,7 +19,7 @@ stdin and answers one JSON line per command on stdout:
 sleep (a slow database, whose answer may be stale by the time it returns),
 and ``--started PATH`` makes it write that file when it starts, so a test
 knows a load is in flight.  ``--lease-ttl`` and ``--no-leases`` set the
-store's leases.
+store's leases, ``--near N`` gives it a near cache of N values.
 """
 
 from __future__ import annotations
@@ -43,12 +43,14 @@ async def main() -> None:
     parser.add_argument("--started", default="")
     parser.add_argument("--lease-ttl", type=float, default=2.0)
     parser.add_argument("--no-leases", action="store_true")
+    parser.add_argument("--near", type=int, default=None)
     options = parser.parse_args()
     store = RedisStore(
         options.url,
         timeout=2.0,
         lease_ttl=options.lease_ttl,
         leases=not options.no_leases,
+        near_cache=options.near,
     )
     db = Path(options.db)
     calls: List[Any] = []

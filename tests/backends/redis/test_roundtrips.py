@@ -16,6 +16,7 @@ more for a batch with misses, and nothing for one without.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Iterator
 
@@ -141,10 +142,34 @@ async def test_clear_then_load_in_one_tick_deletes_before_it_reads(
     await store.flush()
     after = store.stats
     # The delete went out the turn it was made, on the connection the read
-    # took a turn later (so Redis ran it first); then the fresh value.
+    # took a turn later (so Redis ran it first); then the fresh value (the
+    # generation's expiry was extended by the first write: not again yet).
     assert (after.reads - before.reads, after.writes - before.writes) == (1, 2)
-    assert server.command_calls() == {"del": 1, "mget": 1, "set": 1, "pexpire": 1}
+    assert server.command_calls() == {"del": 1, "mget": 1, "set": 1}
     assert calls == [[1], [1]]
+    await store.aclose()
+
+
+async def test_the_generation_expiry_is_extended_once_per_half_ttl(
+    server: RedisServer,
+) -> None:
+    # Every extension is a change Redis tells every near cache of (which
+    # drops the namespace there): a write extends it only when the last
+    # extension is half the longest TTL old, so it still outlives the values.
+    batch_load, _ = recorder()
+    store = RedisStore(server.url, leases=False, ttl=0.4)
+    server.reset_stats()
+    for key in range(3):
+        await DataLoader(batch_load, cache_map=store.cache_map("users")).load(key)
+        await store.flush()
+    assert server.command_calls().get("pexpire") == 1
+    await asyncio.sleep(0.2)
+    await DataLoader(batch_load, cache_map=store.cache_map("users")).load(9)
+    await store.flush()
+    assert server.command_calls().get("pexpire") == 2
+    with server.client() as client:
+        gen_ttl = client.pttl(store.redis_key("users", 0)[: -len(b"i:0")] + b"gen")
+    assert 600 < gen_ttl <= 800  # twice the TTL
     await store.aclose()
 
 
@@ -156,11 +181,12 @@ async def test_a_prime_is_one_write_or_two_round_trips_in_a_new_process(
     await DataLoader(batch_load, cache_map=store.cache_map("users")).load(1)
     await store.flush()
 
-    # A process that has read the namespace knows its generation.
+    # A process that has read the namespace knows its generation (and has
+    # extended its expiry with the first write).
     server.reset_stats()
     DataLoader(batch_load, cache_map=store.cache_map("users")).prime(2, "two")
     await store.flush()
-    assert server.command_calls() == {"set": 1, "pexpire": 1}
+    assert server.command_calls() == {"set": 1}
 
     # A new process first reads the generation: two round trips.
     fresh = RedisStore(server.url, leases=False)

@@ -1,0 +1,267 @@
+"""The near cache: values read recently, in this process, kept true by the server.
+
+With ``RedisStore(near_cache=N)`` the store keeps up to *N* values of every
+namespace in process memory, shared by all the requests of the process: a key
+one request read from Redis is served to the next request without a round
+trip.  Each request still has its own local map of futures; a near hit puts
+the near cache's (resolved) future in it, so a request keeps the value it saw
+for its whole life, whatever happens to the near cache meanwhile.
+
+*Values are shared, not copied.*  A near hit hands every request the same
+object, the one decoded from Redis: treat
+cached values as read-only, as with any in-process cache.  Copying, or
+decoding the stored bytes again for each request, costs a msgpack decode per
+hit, several times the rest of the hit (see ``benchmarks/README.md``).
+
+*Coherence comes from the server.*  The store's connection has client
+tracking on in broadcast mode for the store's key prefix (``CLIENT TRACKING
+ON BCAST PREFIX <prefix>:2:v<version>:``): whenever any client, this store
+itself, its peers or a plain ``redis-cli``, changes or deletes a key under
+the prefix, or the key expires or is evicted, Redis pushes its name, and the
+entry goes.  A change to a namespace's generation key (a ``clear_all``, or
+its expiry extended) drops the namespace's entries: one push reaches them
+all.  The store's own ``clear``, ``prime`` and ``clear_all`` evict at once,
+before Redis has them.
+
+*No race between a read and an invalidation.*  Pushes and replies share the
+one connection, so they arrive in the order Redis executed them (a broadcast
+push may come later than its change, never earlier).  Values enter the near
+cache as their reply is parsed, in that order: a change made after the read
+arrives after it and evicts the value; one made before it is in the read.  A
+value enters only if no operation of this process that Redis has not
+confirmed yet (a ``clear``, a ``prime``, a ``clear_all``) concerns its key.
+Only values read enter; a value this process loads enters once it is read.
+
+*When the server cannot tell, nothing is served.*  When the connection
+drops, or a ping sent every ``near_ping`` seconds is not answered by the
+next one, the near cache empties and takes no values until the connection
+answers again (with tracking on).  ``near_ttl`` bounds how long an entry
+lives regardless (entries go within a quarter of it after it passes), and
+``near_cache`` how many there are (the oldest go first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any, Callable, Dict, Hashable, Optional
+
+from loadercache.backends.redis._namespace import Namespace
+
+if TYPE_CHECKING:
+    from loadercache.backends.redis._stats import StoreStats
+
+__all__ = ["NearCache"]
+
+
+class _Entry:
+    """One value in the near cache: where it lives, and since when."""
+
+    __slots__ = ("born", "future", "key", "namespace")
+
+    def __init__(
+        self,
+        namespace: Namespace,
+        key: Hashable,
+        future: asyncio.Future[Any],
+        born: float,
+    ) -> None:
+        self.namespace = namespace
+        self.key = key
+        self.future = future
+        self.born = born
+
+
+class NearCache:
+    """This process's near cache (see the module docs).
+
+    Each namespace holds its entries in ``namespace.near`` (cache key ->
+    resolved future), which the cache maps read; this holds them in age
+    order by Redis key, for evictions by key, by age and by count.
+    """
+
+    def __init__(
+        self,
+        maxsize: int,
+        ttl: float,
+        ping: float,
+        stats: StoreStats,
+        *,
+        send_ping: Callable[[], Optional[asyncio.Future[Any]]],
+        tracking: Callable[[], bool],
+        timer: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.maxsize = maxsize
+        self.ttl = ttl
+        self.ping = ping
+        self._stats = stats
+        self._send_ping = send_ping
+        self._tracking = tracking
+        self._timer = timer
+        self.entries: OrderedDict[bytes, _Entry] = OrderedDict()
+        # Whether values may be kept now: the connection tracks, and answers.
+        self.active = False
+        # The namespaces holding entries, by generation key.
+        self._gens: Dict[bytes, Namespace] = {}
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._sweep_handle: Optional[asyncio.TimerHandle] = None
+        self._ping_handle: Optional[asyncio.TimerHandle] = None
+        self._ping: Optional[asyncio.Future[Any]] = None
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    # -- filling -------------------------------------------------------------
+
+    def fill(
+        self,
+        namespace: Namespace,
+        key: Hashable,
+        rkey: bytes,
+        value: Any,
+        gen: Optional[bytes],
+    ) -> None:
+        """Keep *value*, read (or written) at *rkey* under generation *gen*."""
+        if not self.active or gen is None:
+            return
+        if gen != namespace.near_gen:
+            if namespace.near_gen is not None and namespace.near:
+                # Another generation: what was kept is of a cleared one.
+                self._stats.near_flushes += 1
+            self.drop(namespace)
+            namespace.near_gen = gen
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+            self._start()
+        future: asyncio.Future[Any] = loop.create_future()
+        future.set_result(value)
+        entries = self.entries
+        old = entries.pop(rkey, None)
+        if old is not None:
+            _forget(old)
+        entries[rkey] = _Entry(namespace, key, future, self._timer())
+        namespace.near[key] = future
+        self._gens[namespace.gen_key] = namespace
+        while len(entries) > self.maxsize:
+            _forget(entries.popitem(last=False)[1])
+
+    # -- evicting --------------------------------------------------------------
+
+    def evict(self, rkey: bytes) -> bool:
+        """Forget *rkey*'s value; whether there was one."""
+        entry = self.entries.pop(rkey, None)
+        if entry is None:
+            return False
+        _forget(entry)
+        return True
+
+    def drop(self, namespace: Namespace) -> None:
+        """Forget every value of *namespace* (its entries here go as they age)."""
+        namespace.near.clear()
+        namespace.near_gen = None
+        self._gens.pop(namespace.gen_key, None)
+
+    def flush(self) -> None:
+        """Forget everything."""
+        if self.entries:
+            self._stats.near_flushes += 1
+        for entry in self.entries.values():
+            entry.namespace.near.clear()
+            entry.namespace.near_gen = None
+        self.entries.clear()
+        self._gens.clear()
+
+    def pushed(self, keys: Any) -> None:
+        """An invalidation push: *keys* changed (None: everything did)."""
+        if keys is None:
+            self.flush()
+            return
+        if not isinstance(keys, list):
+            return
+        stats = self._stats
+        stats.near_invalidations += len(keys)
+        for rkey in keys:
+            if type(rkey) is not bytes:
+                continue
+            if self.evict(rkey):
+                continue
+            namespace = self._gens.get(rkey)
+            if namespace is not None:
+                # Its generation changed (a clear_all), or its expiry did
+                # (which each process extends rarely: see _plan): either way
+                # what was read under it goes.
+                if namespace.near:
+                    stats.near_flushes += 1
+                self.drop(namespace)
+
+    # -- the connection --------------------------------------------------------
+
+    def connected(self, tracking: bool) -> None:
+        """A new connection is ready: it tracks the prefix, or it does not."""
+        self.active = tracking
+
+    def lost(self) -> None:
+        """The connection is gone: its pushes with it."""
+        self.active = False
+        self.flush()
+
+    def close(self) -> None:
+        self.active = False
+        for handle in (self._sweep_handle, self._ping_handle):
+            if handle is not None:
+                handle.cancel()
+        self._sweep_handle = self._ping_handle = None
+        self.flush()
+
+    # -- timers ----------------------------------------------------------------
+
+    def _start(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        self._sweep_handle = loop.call_later(self.ttl / 4, self._sweep)
+        self._ping_handle = loop.call_later(self.ping, self._heartbeat)
+
+    def _sweep(self) -> None:
+        """Forget the entries older than ``near_ttl``."""
+        assert self._loop is not None
+        oldest = self._timer() - self.ttl
+        entries = self.entries
+        while entries:
+            rkey, entry = next(iter(entries.items()))
+            if entry.born > oldest:
+                break
+            del entries[rkey]
+            _forget(entry)
+        gens = self._gens
+        if len(gens) > len(entries):
+            for gen_key in [k for k, n in gens.items() if not n.near]:
+                del gens[gen_key]
+        self._sweep_handle = self._loop.call_later(self.ttl / 4, self._sweep)
+
+    def _heartbeat(self) -> None:
+        """Ping; a ping unanswered since the last beat empties the near cache."""
+        assert self._loop is not None
+        self._ping_handle = self._loop.call_later(self.ping, self._heartbeat)
+        ping = self._ping
+        if ping is not None and not ping.done():
+            # Redis has not answered for a whole beat: what it would have
+            # pushed meanwhile is unknown.
+            self.active = False
+            self.flush()
+            return
+        self._ping = self._send_ping()
+        if self._ping is not None:
+            self._ping.add_done_callback(self._pong)
+
+    def _pong(self, future: asyncio.Future[Any]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return  # the connection failed, and lost() has run
+        self.active = self._tracking()
+
+
+def _forget(entry: _Entry) -> None:
+    near = entry.namespace.near
+    if near.get(entry.key) is entry.future:
+        del near[entry.key]

@@ -1,0 +1,334 @@
+"""The near cache: values kept in process memory, evicted by the server's pushes.
+
+Against servers the tests start (Redis 7 and Valkey 9).  Two stores stand
+for two processes where the claim is about what Redis tells each connection;
+the fleet test runs real subprocesses (``fleet.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Dict, List, Sequence
+
+import pytest
+
+from loadercache import DataLoader
+from loadercache.backends.redis import RedisStore
+
+from ...redis_servers import RedisServer
+from .test_leases import Process, set_row
+
+
+class Rows:
+    """A database of rows, recording the keys each batch asked for."""
+
+    def __init__(self) -> None:
+        self.rows: Dict[int, Any] = {}
+        self.calls: List[int] = []
+
+    async def __call__(self, keys: Sequence[int]) -> List[Any]:
+        self.calls.extend(keys)
+        return [self.rows.get(key, f"db{key}") for key in keys]
+
+
+async def load(store: RedisStore, rows: Rows, *keys: int) -> List[Any]:
+    """One request: a fresh loader over the store, loading *keys*."""
+    loader = DataLoader(rows, cache_map=store.cache_map("users"))
+    return await loader.load_many(list(keys))
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], seconds: float = 3.0
+) -> None:
+    deadline = time.monotonic() + seconds
+    while not await check():
+        assert time.monotonic() < deadline, "never happened"
+        await asyncio.sleep(0.01)
+
+
+async def warm(store: RedisStore, rows: Rows, *keys: int) -> None:
+    """Load *keys* until they are in the store's near cache."""
+    await load(store, rows, *keys)  # loaded, written back
+    await store.flush()
+    await load(store, rows, *keys)  # read from Redis: kept near
+    hits = store.stats.near_hits
+    await load(store, rows, *keys)
+    assert store.stats.near_hits == hits + len(keys)
+
+
+@pytest.fixture
+async def stores(server: RedisServer) -> Any:
+    made: List[RedisStore] = []
+
+    def make(**options: Any) -> RedisStore:
+        options.setdefault("near_cache", 1000)
+        options.setdefault("timeout", 2.0)
+        store = RedisStore(server.url, **options)
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        await store.aclose()
+
+
+async def test_a_warm_key_costs_no_round_trip(
+    server: RedisServer, stores: Callable[..., RedisStore]
+) -> None:
+    store, rows = stores(), Rows()
+    await warm(store, rows, 1, 2, 3)
+    server.reset_stats()
+    assert await load(store, rows, 1, 2, 3) == ["db1", "db2", "db3"]
+    assert server.command_calls() == {}  # not a command (pings are left out)
+    assert sorted(rows.calls) == [1, 2, 3]  # loaded once
+    stats = store.stats
+    assert stats.near_size == 3
+    assert stats.near_hits == 6  # warm()'s last request, and this one
+
+
+async def test_without_a_near_cache_every_request_reads_redis(
+    server: RedisServer, stores: Callable[..., RedisStore]
+) -> None:
+    store, rows = stores(near_cache=None), Rows()
+    await load(store, rows, 1)
+    await store.flush()
+    server.reset_stats()
+    await load(store, rows, 1)
+    assert server.command_calls().get("mget") == 1
+    assert store.stats.near_hits == 0
+
+
+async def test_a_request_keeps_the_value_it_saw(
+    stores: Callable[..., RedisStore],
+) -> None:
+    store, rows = stores(), Rows()
+    await warm(store, rows, 1)
+    loader = DataLoader(rows, cache_map=store.cache_map("users"))
+    assert await loader.load(1) == "db1"
+    other = DataLoader(rows, cache_map=store.cache_map("users"))
+    other.clear(1)  # another request clears it: near value gone
+    assert store.stats.near_size == 0
+    assert await loader.load(1) == "db1"  # this request's own future still
+
+
+async def test_changes_by_any_client_reach_the_other_near_caches(
+    server: RedisServer, stores: Callable[..., RedisStore]
+) -> None:
+    writer, reader, rows = stores(), stores(), Rows()
+    await warm(reader, rows, 1)
+
+    async def reads(value: Any) -> bool:
+        return await load(reader, rows, 1) == [value]
+
+    # clear(k) in another process, the row changed meanwhile.
+    rows.rows[1] = "changed"
+    DataLoader(rows, cache_map=writer.cache_map("users")).clear(1)
+    await writer.flush()
+    await eventually(lambda: reads("changed"))
+    # prime(k, v) in another process.
+    await warm(reader, rows, 1)
+    DataLoader(rows, cache_map=writer.cache_map("users")).prime(1, "primed")
+    await writer.flush()
+    await eventually(lambda: reads("primed"))
+    # clear_all() in another process: one push for the whole namespace.
+    await warm(reader, rows, 1, 2)
+    rows.rows.update({1: "after all", 2: "after all"})
+    flushes = reader.stats.near_flushes
+    DataLoader(rows, cache_map=writer.cache_map("users")).clear_all()
+    await writer.flush()
+    await eventually(lambda: reads("after all"))
+    assert reader.stats.near_flushes > flushes
+    # A plain Redis client that knows nothing of loadercache.
+    await warm(reader, rows, 1)
+    rows.rows[1] = "behind our back"
+    with server.client() as client:
+        assert client.delete(reader.redis_key("users", 1)) == 1
+    await eventually(lambda: reads("behind our back"))
+    assert reader.stats.near_invalidations >= 4
+
+
+async def test_a_fleet_of_processes_sees_each_others_clears(
+    server: RedisServer, tmp_path: Path
+) -> None:
+    db = tmp_path / "db.json"
+    db.write_text(json.dumps({"k1": "v1"}))
+    processes = [await Process.start(server.url, db, "--near", "100") for _ in range(2)]
+    try:
+        writer, reader = processes
+        assert await writer("load users k1") == ["v1"]
+        assert await reader("load users k1") == ["v1"]  # read from Redis
+        assert await reader("load users k1") == ["v1"]
+        assert (await reader("stats"))["near_hits"] == 1
+        set_row(db, "k1", "v2")
+        assert await reader("load users k1") == ["v1"]  # not told yet
+        assert await writer("clear users k1") is True
+        deadline = time.monotonic() + 3
+        while await reader("load users k1") != ["v2"]:
+            assert time.monotonic() < deadline, "the clear never reached it"
+    finally:
+        for process in processes:
+            await process.stop()
+
+
+async def test_a_read_racing_a_change_never_keeps_the_old_value(
+    server: RedisServer, stores: Callable[..., RedisStore]
+) -> None:
+    """A read answered just before a change: its reply and the change's push
+    arrive together, in the server's order; the value is kept, then evicted.
+
+    The server is paused while the read and the change are sent, so that it
+    runs both in one turn and answers the read and pushes the change in one
+    write (when it runs the change first, the read has the new value).
+    """
+    writer, reader, check = stores(), stores(), stores(near_cache=None)
+    rows = Rows()
+    DataLoader(rows, cache_map=writer.cache_map("users")).prime(1, "v-1")
+    await writer.flush()
+    raced = 0
+    for i in range(12):
+        await load(reader, rows, 1)  # near, or read (and kept)
+        server.pause()
+        try:
+            loader = DataLoader(rows, cache_map=reader.cache_map("users"))
+            reader._near.flush()  # type: ignore[union-attr]  # so this one reads
+            read = asyncio.ensure_future(loader.load(1))
+            await asyncio.sleep(0.02)  # the read is sent
+            DataLoader(rows, cache_map=writer.cache_map("users")).prime(1, f"v{i}")
+            written = asyncio.ensure_future(writer.flush())
+            await asyncio.sleep(0.02)  # the change is sent; neither has run
+        finally:
+            server.resume()
+        await asyncio.gather(read, written)
+        raced += read.result() == f"v{i - 1}"  # it ran first: the race
+        # Every push Redis sent before its reply to this has been handled.
+        await reader._link.request([(b"PING",)], lambda replies: replies)
+        assert await load(reader, rows, 1) == await load(check, rows, 1) == [f"v{i}"]
+    assert rows.calls == []
+    assert raced >= 6
+
+
+async def test_a_lost_connection_empties_it_and_caching_resumes(
+    server: RedisServer, stores: Callable[..., RedisStore]
+) -> None:
+    store, rows = stores(), Rows()
+    await warm(store, rows, 1, 2)
+    with server.client() as client:
+        assert client.client_kill_filter(_type="normal") >= 1
+    await eventually(lambda: _true(store.stats.near_size == 0))
+    assert store.stats.near_flushes >= 1
+    server.reset_stats()
+    assert await load(store, rows, 1, 2) == ["db1", "db2"]  # from Redis again
+    assert server.command_calls().get("mget") == 1
+    hits = store.stats.near_hits
+    assert await load(store, rows, 1, 2) == ["db1", "db2"]
+    assert store.stats.near_hits == hits + 2
+
+
+async def test_a_server_that_stops_answering_pings_empties_it(
+    server: RedisServer, stores: Callable[..., RedisStore]
+) -> None:
+    store, rows = stores(near_ping=0.1, timeout=10.0), Rows()
+    await warm(store, rows, 1)
+    server.pause()
+    try:
+        await asyncio.sleep(0.35)  # a ping sent, unanswered by the next beat
+        assert store.stats.near_size == 0
+        loader = DataLoader(rows, cache_map=store.cache_map("users"))
+        assert loader.cache_map.get(1) is None  # type: ignore[union-attr]
+    finally:
+        server.resume()
+    await eventually(lambda: _true(store._near is not None and store._near.active))
+    await load(store, rows, 1)
+    hits = store.stats.near_hits
+    await load(store, rows, 1)
+    assert store.stats.near_hits == hits + 1
+
+
+async def test_entries_live_at_most_near_ttl(
+    stores: Callable[..., RedisStore],
+) -> None:
+    store, rows = stores(near_ttl=0.2), Rows()
+    await warm(store, rows, 1)
+    await asyncio.sleep(0.3)  # the TTL and a quarter of it
+    assert store.stats.near_size == 0
+
+
+async def test_it_holds_at_most_near_cache_values(
+    stores: Callable[..., RedisStore],
+) -> None:
+    store, rows = stores(near_cache=3), Rows()
+    await load(store, rows, *range(6))
+    await store.flush()
+    await load(store, rows, *range(6))
+    assert store.stats.near_size == 3
+    hits = store.stats.near_hits
+    await load(store, rows, 3, 4, 5)  # the newest stay
+    assert store.stats.near_hits == hits + 3
+
+
+async def test_values_about_to_go_stale_are_not_kept(
+    stores: Callable[..., RedisStore],
+) -> None:
+    # Timed values (stale_if_error, refresh_ahead) must reach Redis before
+    # their time: one that comes within near_ttl of it is not kept.
+    store, rows = stores(ttl=5.0, stale_if_error=1.0, near_ttl=10.0), Rows()
+    await load(store, rows, 1)
+    await store.flush()
+    await load(store, rows, 1)
+    assert store.stats.near_size == 0
+    longer, rows = stores(ttl=60.0, stale_if_error=1.0, near_ttl=10.0), Rows()
+    await warm(longer, rows, 2)
+
+
+async def test_without_tracking_it_is_off_with_a_warning(
+    server: RedisServer,
+    stores: Callable[..., RedisStore],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with server.client() as client:
+        client.execute_command("ACL", "SETUSER", "default", "-client|tracking")
+    store, rows = stores(), Rows()
+    with caplog.at_level(logging.WARNING, logger="loadercache"):
+        for _ in range(3):
+            assert await load(store, rows, 1) == ["db1"]
+            await store.flush()
+    assert store.stats.near_hits == 0 and store.stats.near_size == 0
+    assert store.stats.hits == 2  # Redis still serves
+    warnings = [r for r in caplog.records if "client tracking" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "leases and near_cache off" in warnings[0].getMessage()
+
+
+async def test_with_a_redis_py_client_it_is_off_with_a_warning(
+    server: RedisServer,
+) -> None:
+    redis = pytest.importorskip("redis.asyncio")
+    client = redis.Redis.from_url(server.url)
+    try:
+        with pytest.warns(UserWarning, match="near_cache=.* needs a redis:// URL"):
+            store = RedisStore(client, near_cache=100)
+        assert store._near is None
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"near_cache": 0}, "near_cache"),
+        ({"near_cache": True}, "near_cache"),
+        ({"near_cache": 10, "near_ttl": 0}, "near_ttl"),
+        ({"near_cache": 10, "near_ping": -1.0}, "near_ping"),
+    ],
+)
+def test_bad_options_are_refused(options: Dict[str, Any], message: str) -> None:
+    with pytest.raises((TypeError, ValueError), match=message):
+        RedisStore("redis://127.0.0.1:1", **options)
+
+
+async def _true(value: bool) -> bool:
+    return value
