@@ -9,8 +9,8 @@ stdin and answers one JSON line per command on stdout:
 * ``load <namespace> <key>,<key>,... [<concurrency>]``: that many concurrent
   requests, each a fresh loader loading the keys; answers the values the
   first request got.
-* ``clear <namespace> <key>``, ``prime <namespace> <key> <json value>``:
-  then ``store.flush()``; answers ``true``.
+* ``clear <namespace> <key>``, ``prime <namespace> <key> <json value>``,
+  ``clear_all <namespace>``: then ``store.flush()``; answers ``true``.
 * ``calls``: the keys the batch function has been called with, in all.
 * ``stats``: the store's counters.
 * ``quit``.
@@ -89,6 +89,9 @@ async def main() -> None:
                 *[request(namespace, keys) for _ in range(concurrency)]
             )
             answer = results[0]
+        elif command == "clear_all":
+            DataLoader(batch_load, cache_map=store.cache_map(args[0])).clear_all()
+            await store.flush()
         elif command in ("clear", "prime"):
             loader = DataLoader(batch_load, cache_map=store.cache_map(args[0]))
             loader.clear(args[1])

@@ -151,24 +151,47 @@ async def test_changes_by_any_client_reach_the_other_near_caches(
     assert reader.stats.near_invalidations >= 4
 
 
-async def test_a_fleet_of_processes_sees_each_others_clears(
+async def test_a_fleet_of_processes_sees_each_others_changes(
     server: RedisServer, tmp_path: Path
 ) -> None:
     db = tmp_path / "db.json"
     db.write_text(json.dumps({"k1": "v1"}))
     processes = [await Process.start(server.url, db, "--near", "100") for _ in range(2)]
-    try:
-        writer, reader = processes
-        assert await writer("load users k1") == ["v1"]
-        assert await reader("load users k1") == ["v1"]  # read from Redis
-        assert await reader("load users k1") == ["v1"]
-        assert (await reader("stats"))["near_hits"] == 1
-        set_row(db, "k1", "v2")
-        assert await reader("load users k1") == ["v1"]  # not told yet
-        assert await writer("clear users k1") is True
+    writer, reader = processes
+
+    async def reads(value: str) -> None:
         deadline = time.monotonic() + 3
-        while await reader("load users k1") != ["v2"]:
-            assert time.monotonic() < deadline, "the clear never reached it"
+        while await reader("load users k1") != [value]:
+            assert time.monotonic() < deadline, f"{value} never reached it"
+
+    async def kept() -> None:
+        # Read from Redis, then served near without a round trip.
+        await reader("load users k1")
+        hits = (await reader("stats"))["near_hits"]
+        server.reset_stats()
+        await reader("load users k1")
+        assert (await reader("stats"))["near_hits"] == hits + 1
+        assert "mget" not in server.command_calls()
+
+    try:
+        assert await writer("load users k1") == ["v1"]
+        await kept()
+        set_row(db, "k1", "v2")
+        assert await reader("load users k1") == ["v1"]  # nobody said
+        assert await writer("clear users k1") is True
+        await reads("v2")
+        await kept()
+        assert await writer('prime users k1 "primed"') is True
+        await reads("primed")
+        await kept()
+        set_row(db, "k1", "v3")
+        assert await writer("clear_all users") is True
+        await reads("v3")
+        await kept()
+        set_row(db, "k1", "v4")
+        with server.client() as client:  # not loadercache: no envelope
+            client.set(RedisStore(server.url).redis_key("users", "k1"), b"plain")
+        await reads("v4")  # evicted; the plain value is not ours: a miss
     finally:
         for process in processes:
             await process.stop()
