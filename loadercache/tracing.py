@@ -10,7 +10,10 @@ usual; loadercache then reports
   nest under it; a batch function that raises marks it as an error.
 * ``loadercache.redis.get_many`` and ``loadercache.redis.set_many`` around
   each round trip of the Redis cache map, with the attribute
-  ``loadercache.keys``.
+  ``loadercache.keys``; with a near cache, ``get_many`` also carries the
+  store's ``loadercache.near_hits``, ``near_invalidations``,
+  ``near_flushes`` and ``near_size`` so far (near hits make no round trip,
+  and no span, of their own).
 
 Why this module costs nothing when OpenTelemetry is absent: nothing here
 imports ``opentelemetry`` until the first span is asked for (so ``import

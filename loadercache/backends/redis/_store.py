@@ -1205,10 +1205,12 @@ class Tier:
             store._near,
         )
         try:
-            with redis_span("get_many", count):
+            with redis_span("get_many", count) as span:
                 gen, values = await store._link.request(
                     [(b"MGET", namespace.gen_key, *rkeys)], parse
                 )
+                if store._near is not None:
+                    _near_attributes(span, stats, len(store._near))
         except Exception as error:
             stats.errors += 1
             stats.misses += count
@@ -1613,6 +1615,15 @@ def _parse_read(
     if near is not None and near.active and gen is not None:
         _fill_near(near, namespace, keys, rkeys, values, timings, gen)
     return gen, values
+
+
+def _near_attributes(span: Any, stats: StoreStats, size: int) -> None:
+    # The near cache's counters so far (its hits make no round trip, and no
+    # span, of their own).
+    span.set_attribute("loadercache.near_hits", stats.near_hits)
+    span.set_attribute("loadercache.near_invalidations", stats.near_invalidations)
+    span.set_attribute("loadercache.near_flushes", stats.near_flushes)
+    span.set_attribute("loadercache.near_size", size)
 
 
 def _fill_near(

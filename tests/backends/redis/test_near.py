@@ -355,3 +355,33 @@ def test_bad_options_are_refused(options: Dict[str, Any], message: str) -> None:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_read_spans_carry_the_near_counters(
+    stores: Callable[..., RedisStore],
+) -> None:
+    sdk = pytest.importorskip("opentelemetry.sdk.trace")
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+        InMemorySpanExporter,
+    )
+
+    from loadercache import tracing
+
+    exporter = InMemorySpanExporter()
+    provider = sdk.TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.set_tracer_provider(provider)
+    try:
+        store, rows = stores(), Rows()
+        await warm(store, rows, 1, 2)  # 2 near hits
+        await load(store, rows, 3)  # a read: its span has the counters
+    finally:
+        tracing.set_tracer_provider(None)
+        provider.shutdown()
+    last = [s for s in exporter.get_finished_spans() if s.name.endswith("get_many")]
+    attributes = dict(last[-1].attributes or {})
+    assert attributes["loadercache.near_hits"] == 2
+    assert attributes["loadercache.near_size"] == 2
+    assert "loadercache.near_flushes" in attributes
+    assert "loadercache.near_invalidations" in attributes
