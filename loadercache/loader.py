@@ -787,7 +787,11 @@ class DataLoader(_LoaderCore, Generic[K, V]):
 
         Alongside this batch's own call of the batch function, not before it.
         """
-        waiting = asyncio.ensure_future(leased.awaitable, loop=future.get_loop())
+        waiting = leased.awaitable
+        if not isinstance(waiting, asyncio.Future):
+            # (A future is taken as it is: ensure_future's loop check costs
+            # more than the rest of a wait, and a stampede has thousands.)
+            waiting = asyncio.ensure_future(waiting, loop=future.get_loop())
         waiting.add_done_callback(
             functools.partial(self._leased_done, key, cache_key, future)
         )

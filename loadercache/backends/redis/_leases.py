@@ -49,6 +49,7 @@ from typing import (
     Set,
     Tuple,
     TypeVar,
+    Union,
 )
 
 from loadercache.backends.redis._envelope import (
@@ -84,22 +85,25 @@ Lease = Tuple[Namespace, bytes]
 class _Held:
     """A key this store has leased: its marker, and local waiters for its value."""
 
-    __slots__ = ("marker", "namespace", "waiters")
+    __slots__ = ("marker", "namespace", "value", "waiters")
 
     def __init__(self, namespace: Namespace, marker: bytes) -> None:
         self.namespace = namespace
         self.marker = marker
+        # The payload's future (see _shared), and the value's.
         self.waiters: List[asyncio.Future[Any]] = []
+        self.value: Optional[asyncio.Future[Any]] = None
 
 
 class _Wait:
     """A key another process has leased, and this process's loads waiting for it."""
 
-    __slots__ = ("deadline", "namespace", "waiters")
+    __slots__ = ("deadline", "namespace", "value", "waiters")
 
     def __init__(self, namespace: Namespace) -> None:
         self.namespace = namespace
         self.waiters: List[asyncio.Future[Any]] = []
+        self.value: Optional[asyncio.Future[Any]] = None
         self.deadline: Optional[asyncio.TimerHandle] = None
 
 
@@ -167,7 +171,7 @@ class Leases:
 
     def filled(self, rkey: bytes, payload: bytes) -> None:
         """This store loaded *rkey* and is writing it back: its local waiters
-        get the value now (each its own copy)."""
+        get the value now."""
         held = self.held.pop(rkey, None)
         if held is not None:
             self._resolve(held.waiters, payload)
@@ -200,30 +204,38 @@ class Leases:
 
     def wait_local(self, rkey: bytes) -> Optional[asyncio.Future[Any]]:
         """A future of the value of *rkey*, which this store is loading; None
-        if it is not (any more)."""
+        if it is not (any more).  MISS: load it yourself."""
         held = self.held.get(rkey)
         if held is None:
             return None
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        held.waiters.append(future)
         self.store._stats.lease_waits += 1
-        return future
+        return self._shared(held)
 
     def wait_remote(self, namespace: Namespace, rkey: bytes) -> asyncio.Future[Any]:
         """A future of the value of *rkey*, which another process is loading.
 
-        It completes with the value's payload, or None: load it yourself.
+        It completes with the value, or MISS: load it yourself.
         """
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
         wait = self.waits.get(rkey)
         if wait is None:
+            loop = asyncio.get_running_loop()
             wait = self.waits[rkey] = _Wait(namespace)
             wait.deadline = loop.call_later(self.wait, self._expired, rkey)
             self._reread(namespace, rkey)
-        wait.waiters.append(future)
         self.store._stats.lease_waits += 1
-        return future
+        return self._shared(wait)
+
+    def _shared(self, owner: Union[_Held, _Wait]) -> asyncio.Future[Any]:
+        # Every load of the process waiting for one key shares one future of
+        # its value, decoded once: a wait costs a done callback, not a
+        # future, a decode and three callbacks (waits of a stampede are
+        # counted in tens of thousands per process).
+        value = owner.value
+        if value is None:
+            payload: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            owner.waiters.append(payload)
+            value = owner.value = _decoded(payload, self.store.serializer.loads)
+        return value
 
     def pushed(self, frame: Push) -> None:
         """A RESP3 push: an invalidation of waited keys means: read them again."""
@@ -379,6 +391,32 @@ class Leases:
                 raise LeaseRefused(str(result))
             return result  # type: ignore[no-any-return]
         raise LeaseRefused("the server has no script and refused its source")
+
+
+def _decoded(
+    future: asyncio.Future[Any], loads: Callable[[bytes], Any]
+) -> asyncio.Future[Any]:
+    """A future of the value whose payload *future* gives (MISS for None, or
+    for a payload that does not decode)."""
+    value: asyncio.Future[Any] = future.get_loop().create_future()
+
+    def done(payload_future: asyncio.Future[Any]) -> None:
+        if value.done():
+            return
+        if payload_future.cancelled():
+            value.set_result(MISS)
+            return
+        payload = payload_future.result()
+        if payload is None:
+            value.set_result(MISS)
+            return
+        try:
+            value.set_result(loads(payload))
+        except Exception:
+            value.set_result(MISS)
+
+    future.add_done_callback(done)
+    return value
 
 
 class LeaseRefused(Exception):

@@ -1410,7 +1410,7 @@ class Tier:
             future = registry.wait_local(rkey)  # a load of this process
         if future is None:
             future = registry.wait_remote(self.namespace, rkey)
-        return Leased(_decoded(future, store.serializer.loads))
+        return Leased(future)
 
     def _remember(
         self,
@@ -1532,34 +1532,6 @@ def _forget_reading(
     reading = readings.pop(task, None)
     if reading is not None and reading.leases and registry is not None:
         registry.release(list(reading.leases))
-
-
-def _decoded(
-    future: asyncio.Future[Any], loads: Callable[[bytes], Any]
-) -> asyncio.Future[Any]:
-    """A future of the value whose payload *future* gives (MISS for None).
-
-    One per waiter: each request decodes its own copy of the value.
-    """
-    value: asyncio.Future[Any] = future.get_loop().create_future()
-
-    def done(payload_future: asyncio.Future[Any]) -> None:
-        if value.done():
-            return
-        if payload_future.cancelled():
-            value.set_result(MISS)
-            return
-        payload = payload_future.result()
-        if payload is None:
-            value.set_result(MISS)
-            return
-        try:
-            value.set_result(loads(payload))
-        except Exception:
-            value.set_result(MISS)
-
-    future.add_done_callback(done)
-    return value
 
 
 def _parse_read(

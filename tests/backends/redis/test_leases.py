@@ -21,6 +21,7 @@ import pytest
 
 from loadercache import DataLoader
 from loadercache.backends.redis import RedisStore
+from loadercache.backends.serializers import MsgpackSerializer
 
 from ...redis_servers import RedisServer
 
@@ -257,10 +258,53 @@ async def test_requests_of_one_process_missing_a_key_share_one_load(
         results = await asyncio.wait_for(asyncio.gather(*loads), 5)
         assert results == [["v1", "v2"]] * 20
         assert calls == [[1, 2]]
-        # Each request got its own copy of the value.
+        # The waits of a key share its value, decoded once.
         assert store.stats.lease_waits == 38
+        assert all(result[0] is results[1][0] for result in results[1:])
     finally:
         await store.aclose()
+
+
+async def test_requests_waiting_for_another_process_decode_its_value_once(
+    server: RedisServer,
+) -> None:
+    class Counting(MsgpackSerializer):
+        decoded = 0
+
+        def loads(self, data: bytes) -> Any:
+            Counting.decoded += 1
+            return super().loads(data)
+
+    gate = asyncio.Event()
+
+    async def slow(keys: List[int]) -> List[str]:
+        await gate.wait()
+        return [f"v{key}" for key in keys]
+
+    async def fast(keys: List[int]) -> List[str]:
+        raise AssertionError("a waiting process loaded a key")
+
+    holder = RedisStore(server.url)
+    waiter = RedisStore(server.url, serializer=Counting())
+    try:
+        keys = list(range(50))
+        held = asyncio.ensure_future(
+            DataLoader(slow, cache_map=holder.cache_map("users")).load_many(keys)
+        )
+        await asyncio.sleep(0.1)  # leased
+        waits = [
+            DataLoader(fast, cache_map=waiter.cache_map("users")).load_many(keys)
+            for _ in range(10)
+        ]
+        await asyncio.sleep(0.1)  # waiting
+        gate.set()
+        results = await asyncio.wait_for(asyncio.gather(held, *waits), 5)
+        assert results == [[f"v{key}" for key in keys]] * 11
+        assert waiter.stats.lease_waits == 500
+        assert Counting.decoded == 50  # once per key, not per request
+    finally:
+        await holder.aclose()
+        await waiter.aclose()
 
 
 async def test_redis_restarted_mid_lease_loses_nothing_and_hangs_nothing(
