@@ -17,12 +17,24 @@ value lands.  The wake-up comes from Redis itself, through server-assisted
 client tracking (``CLIENT TRACKING ON OPTIN`` on the store's RESP3
 connection; broadcast mode on the store's prefix when it has a near cache):
 the store re-reads the waited keys with ``CLIENT CACHING YES``, and Redis
-pushes an invalidation the moment any of them changes (filled,
-cleared, expired), upon which it reads them again.  No polling.  A wait ends
+pushes an invalidation the moment any of them changes (filled, cleared,
+deleted), upon which it reads them again.  No polling.  A wait ends
 with the value; or, when the key turns out free (its holder failed and
 released it, or died and its lease expired) or after ``lease_wait`` seconds,
 with :data:`~loadercache.cache.MISS`: this process then loads the key
 itself, leasing it first.
+
+A lease that expires is not a change Redis announces: the key is deleted,
+and the invalidation pushed, only when something reads it or when the
+server's active expire cycle samples it, ``hz`` times a second, among all
+the keys with a TTL, and stops once few of its samples have expired.  A
+dead holder's thousand leases in a database of other volatile keys can take
+many cycles, or minutes.  So each re-read also asks each key's ``PTTL``, and
+a wait holds one timer, due just after its lease can at the earliest have
+expired: it reads the key again, which expires it at once (and pushes the
+invalidation to every other waiter).  If the holder renewed the lease
+meanwhile, that read finds the new TTL and sets the timer again, once per
+renewal at most.
 
 Keys leased by *this* store are waited for in-process: a second request that
 misses a key another request of the process is loading joins that load.
@@ -59,7 +71,7 @@ from loadercache.backends.redis._envelope import (
     lease_marker,
     new_token,
 )
-from loadercache.backends.redis._link import Command, RoundTripError, Unusable
+from loadercache.backends.redis._link import RoundTripError, Unusable
 from loadercache.backends.redis._namespace import Namespace
 from loadercache.backends.redis._resp import Push, ReplyError
 from loadercache.backends.redis._scripts import (
@@ -98,13 +110,16 @@ class _Held:
 class _Wait:
     """A key another process has leased, and this process's loads waiting for it."""
 
-    __slots__ = ("deadline", "namespace", "value", "waiters")
+    __slots__ = ("deadline", "due", "namespace", "value", "waiters")
 
     def __init__(self, namespace: Namespace) -> None:
         self.namespace = namespace
         self.waiters: List[asyncio.Future[Any]] = []
         self.value: Optional[asyncio.Future[Any]] = None
+        #: When it stops waiting (``lease_wait``): the loads load the key.
         self.deadline: Optional[asyncio.TimerHandle] = None
+        #: When the lease it waits for can first have expired: read it again.
+        self.due: Optional[asyncio.TimerHandle] = None
 
 
 class Leases:
@@ -275,8 +290,9 @@ class Leases:
         wait = self.waits.pop(rkey, None)
         if wait is None:
             return
-        if wait.deadline is not None:
-            wait.deadline.cancel()
+        for timer in (wait.deadline, wait.due):
+            if timer is not None:
+                timer.cancel()
         if payload is None:
             self.store._stats.lease_takeovers += 1
         self._resolve(wait.waiters, payload)
@@ -285,6 +301,14 @@ class Leases:
         # Waited long enough: take the key over (the loader loads it, leasing
         # it first, and so waits for nobody if the holder is alive but slow).
         self._end_wait(rkey, None)
+
+    def _lease_due(self, rkey: bytes) -> None:
+        # The lease may have expired: a read expires it now, where the
+        # server's expire cycle might take many cycles to get to it.
+        wait = self.waits.get(rkey)
+        if wait is not None:
+            wait.due = None
+            self._reread(wait.namespace, rkey)
 
     def _reread(self, namespace: Namespace, rkey: bytes) -> None:
         entry = self._rereads.get(namespace.name)
@@ -303,13 +327,19 @@ class Leases:
             rkeys = [rkey for rkey in keys if rkey in self.waits]
             if not rkeys:
                 continue
-            parse = _RereadParse(namespace, rkeys, self.store)
-            read: Command = (b"MGET", namespace.gen_key, *rkeys)
-            if self.store._near is not None:
-                # Broadcast tracking (for the near cache): every key is.
-                future = link.request([read], parse)
-            else:
-                future = link.request([(b"CLIENT", b"CACHING", b"YES"), read], parse)
+            # CLIENT CACHING YES tracks the next command's keys (the MGET;
+            # broadcast tracking, for a near cache, tracks every key); the
+            # PTTLs say when the leases found can first have expired.
+            caching = self.store._near is None
+            parse = _RereadParse(namespace, rkeys, self.store, caching)
+            future = link.request(
+                [
+                    *([(b"CLIENT", b"CACHING", b"YES")] if caching else []),
+                    (b"MGET", namespace.gen_key, *rkeys),
+                    *[(b"PTTL", rkey) for rkey in rkeys],
+                ],
+                parse,
+            )
             future.add_done_callback(functools.partial(self._reread_done, rkeys))
 
     def _reread_done(self, rkeys: List[bytes], future: asyncio.Future[Any]) -> None:
@@ -318,10 +348,21 @@ class Leases:
             for rkey in rkeys:
                 self._end_wait(rkey, None)
             return
-        for rkey, answer in zip(rkeys, future.result()):
-            if isinstance(answer, LeaseMark):
-                continue  # still being loaded; tracked now: an invalidation wakes it
-            self._end_wait(rkey, None if answer is MISS else answer)
+        answers, pttls = future.result()
+        loop = asyncio.get_running_loop()
+        for rkey, answer, pttl in zip(rkeys, answers, pttls):
+            if not isinstance(answer, LeaseMark):
+                self._end_wait(rkey, None if answer is MISS else answer)
+                continue
+            # Still being loaded; tracked now: an invalidation wakes it, and
+            # so does the lease's expiry, which Redis may be slow to notice.
+            wait = self.waits.get(rkey)
+            if wait is None or pttl < 0:
+                continue  # no TTL (or gone since the MGET: a push is coming)
+            if wait.due is not None:
+                wait.due.cancel()
+            # Redis expires a key the millisecond after its PTTL runs out.
+            wait.due = loop.call_later((pttl + 1) / 1000, self._lease_due, rkey)
 
     def _schedule_renew(self) -> None:
         if self._renew_handle is None:
@@ -491,21 +532,31 @@ class _AcquireParse:
 
 
 class _RereadParse:
-    """Checks and reads a tracked re-read of waited keys: payloads, marks, MISS."""
+    """Checks and reads a tracked re-read of waited keys: per key a payload, a
+    :class:`LeaseMark` or MISS, and its PTTL in milliseconds (negative: none)."""
 
-    __slots__ = ("namespace", "rkeys", "store")
+    __slots__ = ("caching", "namespace", "rkeys", "store")
 
-    def __init__(self, namespace: Namespace, rkeys: List[bytes], store: Any) -> None:
+    def __init__(
+        self, namespace: Namespace, rkeys: List[bytes], store: Any, caching: bool
+    ) -> None:
         self.namespace = namespace
         self.rkeys = rkeys
         self.store = store
+        # Whether a CLIENT CACHING YES came first (its reply does too).
+        self.caching = caching
 
-    def __call__(self, replies: List[Any]) -> List[Any]:
-        *caching, raws = replies
-        if caching and isinstance(caching[0], ReplyError):
-            raise Unusable(f"CLIENT CACHING failed: {caching[0]}")
+    def __call__(self, replies: List[Any]) -> Tuple[List[Any], List[int]]:
+        if self.caching:
+            caching, raws, *pttls = replies
+            if isinstance(caching, ReplyError):
+                raise Unusable(f"CLIENT CACHING failed: {caching}")
+        else:
+            raws, *pttls = replies
         if type(raws) is not list or len(raws) != len(self.rkeys) + 1:
             raise Unusable(f"MGET answered {raws!r:.80}")
+        if len(pttls) != len(self.rkeys) or any(type(t) is not int for t in pttls):
+            raise Unusable(f"PTTL answered {pttls!r:.80}")
         envelope = self.store._envelope
         opened = Opened()
         try:
@@ -517,7 +568,7 @@ class _RereadParse:
             raise Unusable(str(error)) from None
         self.store._decode_errors(self.namespace, opened)
         result: List[Any] = answers
-        return result
+        return result, pttls
 
 
 #: A lease round trip that failed: the caller loads its keys unleased.

@@ -174,9 +174,17 @@ async def test_a_prime_is_never_lost_to_a_racing_load(
     assert await reader("calls") == []  # served by Redis
 
 
+@pytest.mark.parametrize("expire_cycle", [True, False], ids=["cycle", "no-cycle"])
 async def test_a_killed_holder_is_taken_over_when_its_lease_expires(
-    server: RedisServer, fleet: Callable[..., Any], tmp_path: Path
+    server: RedisServer, fleet: Callable[..., Any], tmp_path: Path, expire_cycle: bool
 ) -> None:
+    if not expire_cycle:
+        # Redis deletes an expired key when it is read, or when its expire
+        # cycle samples it among every key with a TTL: in a database full of
+        # volatile keys that may take many cycles, or minutes.  The waiters
+        # must notice the expiry without it.
+        with server.client() as client:
+            client.execute_command("DEBUG", "SET-ACTIVE-EXPIRE", 0)
     started = tmp_path / "started"
     holder = await fleet(
         "--delay", "60", "--started", str(started), "--lease-ttl", "0.5"
@@ -198,8 +206,8 @@ async def test_a_killed_holder_is_taken_over_when_its_lease_expires(
         killed = time.monotonic()
         assert await asyncio.wait_for(loads, 5) == ["taken k3", "taken k4"]
         resumed = time.monotonic() - killed
-        # The lease's TTL after its last renewal, and Redis's expiry cycle.
-        assert resumed < 0.5 + 0.5, f"took over {resumed:.2f} s after the kill"
+        # At most the lease's TTL after its last renewal, and a round trip.
+        assert resumed < 0.5 + 0.1, f"took over {resumed:.3f} s after the kill"
         assert store.stats.lease_takeovers == 2
     finally:
         await store.aclose()
