@@ -59,7 +59,10 @@ class Sizes:
     fleet_processes: int = 4
     fleet_requests: int = 32
     fleet_keys: int = 1_000
-    fleet_lease_ttl: float = 0.5
+    # The store's default: shorter leases expire under a loaded event loop
+    # (one turn runs every callback a thousand settled waits make ready, and
+    # renewals wait for it), and keys are loaded twice.
+    fleet_lease_ttl: float = 2.0
 
 
 FULL = Sizes()
@@ -72,6 +75,7 @@ QUICK = Sizes(
     fleet_processes=3,
     fleet_requests=4,
     fleet_keys=200,
+    fleet_lease_ttl=0.5,
 )
 
 
