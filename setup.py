@@ -24,7 +24,7 @@ if (
     ext_modules.append(
         Extension(
             "loadercache._speedups",
-            sources=["loadercache/_speedups.c"],
+            sources=["src/loadercache/_speedups.c"],
             optional=True,
         )
     )

@@ -74,7 +74,7 @@ def main() -> None:
         with tarfile.open(sdist) as archive:
             members = [m.split("/", 1)[-1] for m in archive.getnames()]
         for needed in (
-            "loadercache/_speedups.c",
+            "src/loadercache/_speedups.c",
             "tests/test_loader.py",
             "examples/custom_backend.py",
             "docs/index.md",
