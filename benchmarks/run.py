@@ -195,7 +195,7 @@ def structural_checks(results: Sequence[Result]) -> List[Check]:
         for name, entry in result.entries.items():
             if not entry.subject:
                 continue
-            for extra, expected in s.exact.items():
+            for extra, expected in s.exact_of.get(name, s.exact).items():
                 seen = sorted({smp.extra[extra] for smp in entry.samples})
                 checks.append(
                     Check(

@@ -110,7 +110,9 @@ class Scenario:
     each loadercache entry to the entries it must not be slower than (by
     default every entry but the baseline).  ``tree``: each request must make
     exactly three batch calls.  ``exact``: counts loadercache's samples must
-    show exactly (Redis round trips per batch).  ``at_most``: upper bounds
+    show exactly (Redis round trips per batch); ``exact_of`` replaces them
+    for the entries it names (a near cache makes no round trip at all).
+    ``at_most``: upper bounds
     on loadercache's extras (medians), checked like ``floor_target``.
     ``skipped`` says why the scenario cannot run here; ``required`` makes
     that a failure.
@@ -127,6 +129,7 @@ class Scenario:
     peers_of: Optional[Dict[str, Tuple[str, ...]]] = None
     tree: bool = False
     exact: Dict[str, float] = field(default_factory=dict)
+    exact_of: Dict[str, Dict[str, float]] = field(default_factory=dict)
     at_most: Dict[str, float] = field(default_factory=dict)
     memory: bool = False
     skipped: Optional[str] = None
