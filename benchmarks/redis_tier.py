@@ -60,6 +60,10 @@ NEAR = "loadercache near_cache"
 DICT_HITS = "loadercache[dict] hits, one loader"
 RAW_WARM = "redis-py MGET+msgpack"
 RAW_COLD = "redis-py MGET+SET pipeline"
+#: The same hand-written code on redis-py's hiredis parser (a C extension,
+#: which redis-py picks when hiredis is installed; the entries above force
+#: its pure-Python parser).  loadercache's connection parses RESP itself.
+HIREDIS = " (hiredis)"
 AIOCACHE = "aiocache multi_get"
 TTL = 600.0
 # The store's value layout (see loadercache.backends.redis._envelope and
@@ -109,9 +113,18 @@ def unavailable() -> Optional[str]:
 _sent: Counter[str] = Counter()
 
 
-def _client() -> Any:
-    """A redis.asyncio client whose connections count what they send."""
+def hiredis_available() -> bool:
+    """Whether redis-py can parse with hiredis here."""
+    from redis.utils import HIREDIS_AVAILABLE
+
+    return bool(HIREDIS_AVAILABLE)
+
+
+def _client(hiredis: bool = False) -> Any:
+    """A redis.asyncio client whose connections count what they send, on
+    redis-py's pure-Python parser or (*hiredis*) on hiredis."""
     import redis.asyncio
+    from redis.asyncio.connection import _AsyncHiredisParser, _AsyncRESP2Parser
 
     class CountingConnection(redis.asyncio.Connection):
         handshaking = False
@@ -140,8 +153,11 @@ def _client() -> Any:
                 _sent["read" if b"\r\nMGET\r\n" in data else "write"] += 1
             await super().send_packed_command(command, check_health)
 
+    # A Python parser is per protocol; redis-py swaps RESP2's for RESP3's
+    # when the connection speaks RESP3.
+    parser = _AsyncHiredisParser if hiredis else _AsyncRESP2Parser
     pool = redis.asyncio.ConnectionPool.from_url(
-        REDIS_URL, connection_class=CountingConnection
+        REDIS_URL, connection_class=CountingConnection, parser_class=parser
     )
     return redis.asyncio.Redis(connection_pool=pool)
 
@@ -412,10 +428,10 @@ async def _connect(store: Any) -> None:
     await store.flush()
 
 
-async def _warm_raw(run: _Run) -> Sample:
+async def _warm_raw(run: _Run, hiredis: bool = False) -> Sample:
     import msgpack  # type: ignore[import-untyped, unused-ignore]
 
-    client = _client()
+    client = _client(hiredis)
     try:
         base = run.store().redis_key("warm", 0)[:-1]  # ...:i:
         await client.ping()
@@ -467,10 +483,10 @@ async def _cold_loadercache(run: _Run) -> Sample:
         await store.aclose()
 
 
-async def _cold_raw(run: _Run) -> Sample:
+async def _cold_raw(run: _Run, hiredis: bool = False) -> Sample:
     import msgpack  # type: ignore[import-untyped, unused-ignore]
 
-    client = _client()
+    client = _client(hiredis)
     try:
         base = run.store().redis_key(run.fresh_namespace(), 0)[:-1]
         await client.ping()
@@ -614,11 +630,19 @@ def scenarios(sizes: Sizes) -> List[Scenario]:
         ]
     run = _Run(sizes)
     cleanup = _bind(_delete_keys, run)
+    hiredis = hiredis_available()
+    raw_warm: Tuple[Entry, ...] = (Entry(RAW_WARM, _bind(_warm_raw, run)),)
+    raw_cold: Tuple[Entry, ...] = (Entry(RAW_COLD, _bind(_cold_raw, run)),)
+    if hiredis:
+        raw_warm += (Entry(RAW_WARM + HIREDIS, lambda: _warm_raw(run, True)),)
+        raw_cold += (Entry(RAW_COLD + HIREDIS, lambda: _cold_raw(run, True)),)
     aiocache: Tuple[Entry, ...] = ()
     if _aiocache_missing() is None:
-        aiocache = (Entry(AIOCACHE, _bind(_warm_aiocache, run)),)
+        # aiocache takes redis-py's default parser: hiredis when installed.
+        name = AIOCACHE + (HIREDIS if hiredis else "")
+        aiocache = (Entry(name, _bind(_warm_aiocache, run)),)
     warm: Tuple[Entry, ...] = (
-        Entry(RAW_WARM, _bind(_warm_raw, run)),
+        *raw_warm,
         *aiocache,
         Entry(SUBJECT, _bind(_warm_loadercache, run), subject=True),
         Entry(NEAR, _bind(_warm_near, run), subject=True),
@@ -629,7 +653,7 @@ def scenarios(sizes: Sizes) -> List[Scenario]:
         Entry(NEAR, _bind(_warm_near, near), subject=True),
     )
     cold: Tuple[Entry, ...] = (
-        Entry(RAW_COLD, _bind(_cold_raw, run)),
+        *raw_cold,
         Entry(SUBJECT, _bind(_cold_loadercache, run), subject=True),
     )
     return [
