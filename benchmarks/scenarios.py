@@ -60,6 +60,7 @@ class Sizes:
     fleet_requests: int = 32
     fleet_keys: int = 1_000
     fleet_lease_ttl: float = 0.5
+    near_clears: int = 200
 
 
 FULL = Sizes()
@@ -72,6 +73,7 @@ QUICK = Sizes(
     fleet_processes=3,
     fleet_requests=4,
     fleet_keys=200,
+    near_clears=30,
 )
 
 
