@@ -61,6 +61,9 @@ class Sizes:
     fleet_keys: int = 1_000
     fleet_lease_ttl: float = 0.5
     near_clears: int = 200
+    web_requests: int = 800
+    web_ids: int = 20
+    web_keys: int = 1_000
 
 
 FULL = Sizes()
@@ -74,6 +77,7 @@ QUICK = Sizes(
     fleet_requests=4,
     fleet_keys=200,
     near_clears=30,
+    web_requests=64,
 )
 
 
