@@ -1,9 +1,10 @@
 """One process of scenario 11's fleet, driven through stdin by benchmarks.fleet.
 
 ``python -m benchmarks.fleet_worker <url> <prefix> --lease-ttl S --deadline S``
-holds three stores on *url*, all under *prefix*: ``on`` (leases with the
-default settings), ``off`` (``leases=False``) and ``short`` (leases with
-``lease_ttl=S``, for the killed-holder runs).  It reads one JSON command per
+holds four stores on *url*, all under *prefix*: ``on`` (leases with the
+default settings), ``off`` (``leases=False``), ``short`` (leases with
+``lease_ttl=S``, for the killed-holder runs) and ``near`` (a near cache of
+``NEAR_SIZE`` values, for scenario 12's reader).  It reads one JSON command per
 line and answers each with one JSON line carrying the command's ``id``;
 commands run concurrently, so ``stats`` answers while a load is in flight.
 
@@ -21,6 +22,14 @@ commands run concurrently, so ``stats`` answers while a load is in flight.
   for every process of the machine), the CPU time the process spent until
   then, and the store's counters that moved.
 * ``{"op": "stats", "store": s}``: the store's counters.
+* ``{"op": "near_warm", "ns": n, "key": k}``: load *k* of *n* through fresh
+  loaders over the ``near`` store until one load is a near hit (so *k* is in
+  the near cache), then watch for its eviction.  The answer: the loads it
+  took.
+* ``{"op": "near_evicted", "timeout": s}``: wait up to *s* seconds for that
+  eviction; the answer: ``{"at": <monotonic time>}``, taken in the push
+  handler the moment the push that evicted *k* was applied (None if none
+  came).
 * ``{"op": "quit"}``, or the end of stdin: close the stores and exit.
 
 The process exits by itself after ``--deadline`` seconds, whatever it is
@@ -37,7 +46,7 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from loadercache import DataLoader
 from loadercache.backends.redis import RedisStore
@@ -45,6 +54,9 @@ from loadercache.backends.redis import RedisStore
 #: How long the batch function takes, like a database's round trip.
 DB_SECONDS = 0.002
 TTL = 600.0
+NEAR_SIZE = 1000
+#: How long near_warm tries to make its key a near hit.
+WARM_TIMEOUT = 5.0
 
 
 def _emit(message: Dict[str, Any]) -> None:
@@ -60,7 +72,69 @@ class Worker:
             "on": RedisStore(url, prefix=prefix, ttl=TTL),
             "off": RedisStore(url, prefix=prefix, ttl=TTL, leases=False),
             "short": RedisStore(url, prefix=prefix, ttl=TTL, lease_ttl=lease_ttl),
+            "near": RedisStore(url, prefix=prefix, ttl=TTL, near_cache=NEAR_SIZE),
         }
+        # The key near_warm watches (its Redis key), and the future that the
+        # push evicting it resolves with the time.
+        self._watched: Optional[bytes] = None
+        self._evicted: Optional[asyncio.Future[float]] = None
+        self._hook_evictions()
+
+    def _hook_evictions(self) -> None:
+        """Time each invalidation push as it is applied.
+
+        The store has no public hook for this: polling ``stats.near_size``
+        would measure the poll's period, and spin a core the writer and
+        Redis need.  So this wraps the near cache's push handler (private,
+        and looked up at each push): after the original has run, a watched
+        key that is gone resolves the watch with ``time.monotonic()``.
+        """
+        near = self.stores["near"]._near
+        assert near is not None
+        original = near.pushed
+
+        def pushed(keys: Any) -> None:
+            original(keys)
+            evicted = self._evicted
+            gone = self._watched not in near.entries
+            if evicted is not None and not evicted.done() and gone:
+                evicted.set_result(time.monotonic())
+
+        near.pushed = pushed  # type: ignore[method-assign]
+
+    async def near_warm(self, command: Dict[str, Any]) -> Dict[str, Any]:
+        store = self.stores["near"]
+        namespace, key = command["ns"], int(command["key"])
+        deadline = time.monotonic() + WARM_TIMEOUT
+        loads = 0
+        while True:
+            loads += 1
+            hits = store.stats.near_hits
+            loader: DataLoader[int, Any] = DataLoader(
+                _echo, cache_map=store.cache_map(namespace)
+            )
+            await loader.load(key)
+            if store.stats.near_hits > hits:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"key {key!r} never became a near hit")
+            await asyncio.sleep(0.001)
+        self._watched = store.redis_key(namespace, key)
+        self._evicted = asyncio.get_running_loop().create_future()
+        return {"loads": loads}
+
+    async def near_evicted(self, command: Dict[str, Any]) -> Dict[str, Any]:
+        evicted = self._evicted
+        if evicted is None:
+            raise RuntimeError("near_evicted without near_warm")
+        try:
+            at: Optional[float] = await asyncio.wait_for(
+                asyncio.shield(evicted), float(command["timeout"])
+            )
+        except asyncio.TimeoutError:
+            at = None
+        self._evicted = self._watched = None
+        return {"at": at}
 
     async def ready(self, command: Dict[str, Any]) -> Dict[str, Any]:
         for name in command["stores"]:
@@ -130,6 +204,10 @@ class Worker:
                 answer = await self.load(command)
             elif op == "stats":
                 answer = {"stats": self.stores[command["store"]].stats.as_dict()}
+            elif op == "near_warm":
+                answer = await self.near_warm(command)
+            elif op == "near_evicted":
+                answer = await self.near_evicted(command)
             else:
                 answer = {"error": f"unknown op {op!r}"}
         except Exception as error:  # the parent reports it; never hang it

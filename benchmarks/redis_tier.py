@@ -3,11 +3,23 @@
 * 9a, warm reads: every key is in Redis; each request is a fresh loader over a
   fresh ``store.cache_map(ns)`` loading ``redis_batch`` keys in one tick, so
   every load goes to Redis.  The baseline is what one would write by hand for
-  the same keys: one ``MGET`` and a msgpack decode of each value.
+  the same keys: one ``MGET`` and a msgpack decode of each value.  Beside it:
+  aiocache's ``multi_get`` (a ``RedisCache`` with its msgpack serializer,
+  over keys of its own holding the same rows), and a store with
+  ``near_cache`` holding every key: each request is still a fresh loader and
+  cache map, but after a warm-up pass (untimed) every load is a near hit,
+  with no round trip.
+* 9c, near hits against a dict: the near-cache entry of 9a against one
+  plain ``DataLoader`` (a dict cache) that already holds every key, loading
+  them again in the same batches: what a near hit costs over a plain cache
+  hit (the issue's goal: at least half the dict loader's throughput).
 * 9b, cold loads: no key is in Redis; the loader reads (all misses), calls the
   batch function and writes the values back (in the background, awaited with
   ``store.flush()`` inside the timing).  The baseline: ``MGET``, the batch
   function, one pipelined ``SET ... PX`` per value.
+
+Every value is the same 10-field row (:func:`row`: ints, strings, a float
+and a bool, like a user record), so decoding costs what it would in an app.
 
 Round trips are counted twice.  At the client: for the hand-written code, a
 redis-py connection class counts every ``send_packed_command`` (one per
@@ -44,14 +56,37 @@ REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 REQUIRE_REDIS = os.environ.get("LOADERCACHE_REQUIRE_REDIS") == "1"
 
 SUBJECT = "loadercache[RedisCacheMap]"
+NEAR = "loadercache near_cache"
+DICT_HITS = "loadercache[dict] hits, one loader"
 RAW_WARM = "redis-py MGET+msgpack"
 RAW_COLD = "redis-py MGET+SET pipeline"
+#: The same hand-written code on redis-py's hiredis parser (a C extension,
+#: which redis-py picks when hiredis is installed; the entries above force
+#: its pure-Python parser).  loadercache's connection parses RESP itself.
+HIREDIS = " (hiredis)"
+AIOCACHE = "aiocache multi_get"
 TTL = 600.0
 # The store's value layout (see loadercache.backends.redis._envelope and
 # .serializers): a 13-byte envelope, a format-version byte, then msgpack.
 _HEADER = 14
 # The store's timeout in the set-up and under MONITOR, which slows Redis down.
 _SLOW = 10.0
+
+
+def row(key: int) -> Dict[str, Any]:
+    """The value of *key* in every Redis scenario: a 10-field row."""
+    return {
+        "id": key,
+        "name": f"user {key}",
+        "email": f"user{key}@example.com",
+        "active": key % 3 != 0,
+        "score": key / 7,
+        "org_id": key % 101,
+        "created_at": 1_700_000_000 + key,
+        "country": "FR",
+        "plan": "pro",
+        "logins": key % 1000,
+    }
 
 
 def unavailable() -> Optional[str]:
@@ -78,9 +113,18 @@ def unavailable() -> Optional[str]:
 _sent: Counter[str] = Counter()
 
 
-def _client() -> Any:
-    """A redis.asyncio client whose connections count what they send."""
+def hiredis_available() -> bool:
+    """Whether redis-py can parse with hiredis here."""
+    from redis.utils import HIREDIS_AVAILABLE
+
+    return bool(HIREDIS_AVAILABLE)
+
+
+def _client(hiredis: bool = False) -> Any:
+    """A redis.asyncio client whose connections count what they send, on
+    redis-py's pure-Python parser or (*hiredis*) on hiredis."""
     import redis.asyncio
+    from redis.asyncio.connection import _AsyncHiredisParser, _AsyncRESP2Parser
 
     class CountingConnection(redis.asyncio.Connection):
         handshaking = False
@@ -109,8 +153,11 @@ def _client() -> Any:
                 _sent["read" if b"\r\nMGET\r\n" in data else "write"] += 1
             await super().send_packed_command(command, check_health)
 
+    # A Python parser is per protocol; redis-py swaps RESP2's for RESP3's
+    # when the connection speaks RESP3.
+    parser = _AsyncHiredisParser if hiredis else _AsyncRESP2Parser
     pool = redis.asyncio.ConnectionPool.from_url(
-        REDIS_URL, connection_class=CountingConnection
+        REDIS_URL, connection_class=CountingConnection, parser_class=parser
     )
     return redis.asyncio.Redis(connection_pool=pool)
 
@@ -129,10 +176,26 @@ class _Run:
     server: Dict[str, Dict[str, float]] = field(default_factory=dict)
     runs: int = 0
 
+    rows: List[Dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.rows = [row(key) for key in range(self.sizes.redis_keys)]
+
     @property
     def chunks(self) -> List[List[int]]:
         n, size = self.sizes.redis_keys, self.sizes.redis_batch
         return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
+
+    def batch_fn(self, counter: BatchCounter) -> Any:
+        """The batch function of these scenarios: each key's row, prebuilt."""
+        rows = self.rows
+
+        async def load_rows(keys: List[int]) -> List[Dict[str, Any]]:
+            counter.calls += 1
+            counter.keys += len(keys)
+            return [rows[key] for key in keys]
+
+        return load_rows
 
     def store(self, timeout: Optional[float] = None) -> Any:
         """A store with default settings, or a longer timeout for the set-up
@@ -142,6 +205,48 @@ class _Run:
         if timeout is None:
             return RedisStore(REDIS_URL, prefix=self.prefix, ttl=TTL)
         return RedisStore(REDIS_URL, prefix=self.prefix, ttl=TTL, timeout=timeout)
+
+    def near_store(self, timeout: Optional[float] = None) -> Any:
+        """A store whose near cache holds every key of the scenario."""
+        from loadercache.backends.redis import RedisStore
+
+        return RedisStore(
+            REDIS_URL,
+            prefix=self.prefix,
+            ttl=TTL,
+            near_cache=self.sizes.redis_keys,
+            **({} if timeout is None else {"timeout": timeout}),
+        )
+
+    def aiocache(self) -> Any:
+        """aiocache's RedisCache with its msgpack serializer, keys of its own."""
+        from urllib.parse import urlsplit
+
+        from aiocache import RedisCache
+        from aiocache.serializers import MsgPackSerializer
+
+        class BinaryMsgPack(MsgPackSerializer):  # type: ignore[misc]
+            # aiocache 0.12 decodes what Redis returns with the serializer's
+            # encoding (utf-8 by default) before msgpack sees it, which fails
+            # on msgpack's bytes; without an encoding, msgpack gets the bytes
+            # but would return strings as bytes (raw=True), hence raw=False.
+            DEFAULT_ENCODING = None
+
+            def loads(self, value: Optional[bytes]) -> Any:
+                if value is None:
+                    return None
+                return msgpack.loads(value, raw=False, use_list=self.use_list)
+
+        import msgpack  # type: ignore[import-untyped, unused-ignore]
+
+        parts = urlsplit(REDIS_URL)
+        return RedisCache(
+            serializer=BinaryMsgPack(),
+            endpoint=parts.hostname or "127.0.0.1",
+            port=parts.port or 6379,
+            db=int(parts.path.strip("/") or 0),
+            namespace=f"{self.prefix}:aiocache",
+        )
 
     def fresh_namespace(self) -> str:
         self.runs += 1
@@ -165,23 +270,58 @@ async def _through_loader(run: _Run, store: Any, namespace: str, fn: Any) -> Non
 
 
 async def _populate(run: _Run) -> None:
+    """9a's set-up: the rows in Redis for loadercache and for aiocache, and
+    the server's counts for the plain and the near-cache store."""
+    await _write_rows(run)
+    await _near_server_counts(run)
+    if _aiocache_missing() is None:
+        cache = run.aiocache()
+        try:
+            for chunk in run.chunks:
+                await cache.multi_set([(k, run.rows[k]) for k in chunk], ttl=TTL)
+        finally:
+            await cache.close()
+
+
+async def _populate_near(run: _Run) -> None:
+    """9c's set-up: the rows in Redis, and the near-cache store's counts."""
+    await _write_rows(run)
+    await _near_server_counts(run)
+
+
+async def _write_rows(run: _Run) -> None:
     from loadercache import DataLoader
 
     store = run.store(timeout=_SLOW)
     try:
         # One batch, so one write-back round trip and one generation for all.
         loader: DataLoader[int, Any] = DataLoader(
-            batch_fn(BatchCounter()), cache_map=store.cache_map("warm")
+            run.batch_fn(BatchCounter()), cache_map=store.cache_map("warm")
         )
         await loader.load_many(range(run.sizes.redis_keys))
         await store.flush()
         counter = BatchCounter()
         run.server["warm"] = await _server_counts(
-            run, lambda: _through_loader(run, store, "warm", batch_fn(counter))
+            run, lambda: _through_loader(run, store, "warm", run.batch_fn(counter))
         )
         assert counter.calls == 0, "a key written back could not be read"
     finally:
         await store.aclose()
+
+
+async def _near_server_counts(run: _Run) -> None:
+    """What the server sees of a warm near cache's pass: nothing."""
+    counter = BatchCounter()
+    near = run.near_store(timeout=_SLOW)
+    try:
+        await _connect(near)
+        await _through_loader(run, near, "warm", run.batch_fn(counter))
+        run.server["near"] = await _server_counts(
+            run, lambda: _through_loader(run, near, "warm", run.batch_fn(counter))
+        )
+        assert counter.calls == 0, "a key written back could not be read"
+    finally:
+        await near.aclose()
 
 
 async def _warm_loadercache(run: _Run) -> Sample:
@@ -191,7 +331,7 @@ async def _warm_loadercache(run: _Run) -> Sample:
         counter = BatchCounter()
         before = store.stats
         start = perf_counter()
-        await _through_loader(run, store, "warm", batch_fn(counter))
+        await _through_loader(run, store, "warm", run.batch_fn(counter))
         seconds = perf_counter() - start
         after = store.stats
         assert counter.calls == 0, "a warm key reached the batch function"
@@ -206,6 +346,77 @@ async def _warm_loadercache(run: _Run) -> Sample:
         await store.aclose()
 
 
+async def _warm_near(run: _Run) -> Sample:
+    """9a and 9c: fresh loaders over a warm near cache; no round trip at all."""
+    store = run.near_store()
+    try:
+        await _connect(store)
+        counter = BatchCounter()
+        # The warm-up pass: one read per batch, which fills the near cache.
+        await _through_loader(run, store, "warm", run.batch_fn(counter))
+        before = store.stats
+        start = perf_counter()
+        await _through_loader(run, store, "warm", run.batch_fn(counter))
+        seconds = perf_counter() - start
+        after = store.stats
+        assert counter.calls == 0, "a warm key reached the batch function"
+        trips = after.reads + after.writes - before.reads - before.writes
+        keys = run.sizes.redis_keys
+        return Sample(
+            seconds,
+            keys,
+            extra={
+                "round trips/batch": trips / len(run.chunks),
+                "near hits/load": (after.near_hits - before.near_hits) / keys,
+                **run.server.get("near", {}),
+            },
+        )
+    finally:
+        await store.aclose()
+
+
+async def _warm_aiocache(run: _Run) -> Sample:
+    cache = run.aiocache()
+    try:
+        await cache.exists("connect")  # the pool's connection, outside the timing
+        start = perf_counter()
+        for chunk in run.chunks:
+            values = await cache.multi_get(chunk)
+        seconds = perf_counter() - start
+        assert values == [run.rows[key] for key in run.chunks[-1]]
+        return Sample(seconds, run.sizes.redis_keys)
+    finally:
+        await cache.close()
+
+
+def _aiocache_missing() -> Optional[str]:
+    try:
+        import aiocache  # noqa: F401
+    except ImportError as error:
+        return f"aiocache cannot be imported ({error}): pip install -e '.[bench]'"
+    return None
+
+
+# -- 9c: near hits against a plain cache hit ----------------------------------------
+
+
+async def _dict_hits(run: _Run) -> Sample:
+    """One plain loader holding every key, loading them again, batch by batch."""
+    from loadercache import DataLoader
+
+    counter = BatchCounter()
+    loader: DataLoader[int, Any] = DataLoader(run.batch_fn(counter))
+    await loader.load_many(range(run.sizes.redis_keys))
+    start = perf_counter()
+    for chunk in run.chunks:
+        futures = [loader.load(key) for key in chunk]
+        for future in futures:
+            await future
+    seconds = perf_counter() - start
+    assert counter.calls == 1, "a cached key reached the batch function"
+    return Sample(seconds, run.sizes.redis_keys)
+
+
 async def _connect(store: Any) -> None:
     """Open the store's connection outside the timing (a read of nothing)."""
     from loadercache import DataLoader
@@ -217,10 +428,10 @@ async def _connect(store: Any) -> None:
     await store.flush()
 
 
-async def _warm_raw(run: _Run) -> Sample:
+async def _warm_raw(run: _Run, hiredis: bool = False) -> Sample:
     import msgpack  # type: ignore[import-untyped, unused-ignore]
 
-    client = _client()
+    client = _client(hiredis)
     try:
         base = run.store().redis_key("warm", 0)[:-1]  # ...:i:
         await client.ping()
@@ -231,7 +442,7 @@ async def _warm_raw(run: _Run) -> Sample:
             raws = await client.mget([base + b"%d" % key for key in chunk])
             values = [unpackb(raw[_HEADER:]) for raw in raws]
         seconds = perf_counter() - start
-        assert values == run.chunks[-1]
+        assert values == [run.rows[key] for key in run.chunks[-1]]
         round_trips = _sent["read"] + _sent["write"]
         return Sample(
             seconds,
@@ -253,7 +464,7 @@ async def _cold_loadercache(run: _Run) -> Sample:
         counter = BatchCounter()
         before = store.stats
         start = perf_counter()
-        await _through_loader(run, store, namespace, batch_fn(counter))
+        await _through_loader(run, store, namespace, run.batch_fn(counter))
         await store.flush()
         seconds = perf_counter() - start
         after = store.stats
@@ -272,15 +483,15 @@ async def _cold_loadercache(run: _Run) -> Sample:
         await store.aclose()
 
 
-async def _cold_raw(run: _Run) -> Sample:
+async def _cold_raw(run: _Run, hiredis: bool = False) -> Sample:
     import msgpack  # type: ignore[import-untyped, unused-ignore]
 
-    client = _client()
+    client = _client(hiredis)
     try:
         base = run.store().redis_key(run.fresh_namespace(), 0)[:-1]
         await client.ping()
         packb, px = msgpack.packb, int(TTL * 1000)
-        fn = batch_fn(BatchCounter())
+        fn = run.batch_fn(BatchCounter())
         _sent.clear()
         start = perf_counter()
         for chunk in run.chunks:
@@ -367,7 +578,7 @@ async def _cold_server_counts(run: _Run) -> None:
         namespace = run.fresh_namespace()
 
         async def work() -> None:
-            await _through_loader(run, store, namespace, batch_fn(BatchCounter()))
+            await _through_loader(run, store, namespace, run.batch_fn(BatchCounter()))
             await store.flush()
 
         run.server["cold"] = await _server_counts(run, work)
@@ -403,7 +614,7 @@ def _bind(work: Callable[[_Run], Awaitable[Any]], run: _Run) -> Callable[[], Any
 
 
 def scenarios(sizes: Sizes) -> List[Scenario]:
-    """9a and 9b, or one skipped scenario 9 saying why."""
+    """9a, 9b and 9c, or one skipped scenario 9 saying why."""
     reason = unavailable()
     title = f"Redis, {sizes.redis_keys:,} keys, {sizes.redis_batch:,} per batch"
     if reason is not None:
@@ -419,12 +630,30 @@ def scenarios(sizes: Sizes) -> List[Scenario]:
         ]
     run = _Run(sizes)
     cleanup = _bind(_delete_keys, run)
+    hiredis = hiredis_available()
+    raw_warm: Tuple[Entry, ...] = (Entry(RAW_WARM, _bind(_warm_raw, run)),)
+    raw_cold: Tuple[Entry, ...] = (Entry(RAW_COLD, _bind(_cold_raw, run)),)
+    if hiredis:
+        raw_warm += (Entry(RAW_WARM + HIREDIS, lambda: _warm_raw(run, True)),)
+        raw_cold += (Entry(RAW_COLD + HIREDIS, lambda: _cold_raw(run, True)),)
+    aiocache: Tuple[Entry, ...] = ()
+    if _aiocache_missing() is None:
+        # aiocache takes redis-py's default parser: hiredis when installed.
+        name = AIOCACHE + (HIREDIS if hiredis else "")
+        aiocache = (Entry(name, _bind(_warm_aiocache, run)),)
     warm: Tuple[Entry, ...] = (
-        Entry(RAW_WARM, _bind(_warm_raw, run)),
+        *raw_warm,
+        *aiocache,
         Entry(SUBJECT, _bind(_warm_loadercache, run), subject=True),
+        Entry(NEAR, _bind(_warm_near, run), subject=True),
+    )
+    near = _Run(sizes)
+    near_vs_dict: Tuple[Entry, ...] = (
+        Entry(DICT_HITS, _bind(_dict_hits, near)),
+        Entry(NEAR, _bind(_warm_near, near), subject=True),
     )
     cold: Tuple[Entry, ...] = (
-        Entry(RAW_COLD, _bind(_cold_raw, run)),
+        *raw_cold,
         Entry(SUBJECT, _bind(_cold_loadercache, run), subject=True),
     )
     return [
@@ -437,8 +666,10 @@ def scenarios(sizes: Sizes) -> List[Scenario]:
             warm,
             baseline=RAW_WARM,
             floor_target=0.8,
-            peers_of={SUBJECT: ()},
+            peers_of={SUBJECT: (), NEAR: ()},
             exact={"round trips/batch": 1.0, "MGET/batch (server)": 1.0},
+            # The near cache's own counts are 9c's checks.
+            exact_of={NEAR: {}},
             setup=_bind(_populate, run),
             teardown=cleanup,
         ),
@@ -453,5 +684,23 @@ def scenarios(sizes: Sizes) -> List[Scenario]:
             exact={"read round trips/batch": 1.0, "MGET/batch (server)": 1.0},
             setup=_bind(_cold_server_counts, run),
             teardown=cleanup,
+        ),
+        Scenario(
+            "9c",
+            9,
+            f"{title}: near hits against a dict loader's hits",
+            "fresh loaders over a warm near cache against one plain loader "
+            "holding every key, loading them again in the same batches",
+            near_vs_dict,
+            baseline=DICT_HITS,
+            floor_target=0.5,
+            peers_of={NEAR: ()},
+            exact={
+                "round trips/batch": 0.0,
+                "near hits/load": 1.0,
+                "MGET/batch (server)": 0.0,
+            },
+            setup=_bind(_populate_near, near),
+            teardown=_bind(_delete_keys, near),
         ),
     ]

@@ -35,7 +35,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import loadercache
-from benchmarks import fleet, redis_tier
+from benchmarks import fleet, near_latency, redis_tier, web
 from benchmarks.scenarios import FULL, QUICK, Sample, Scenario, Sizes, scenarios
 
 __all__ = ["Result", "main", "run_suite", "structural_checks"]
@@ -195,7 +195,7 @@ def structural_checks(results: Sequence[Result]) -> List[Check]:
         for name, entry in result.entries.items():
             if not entry.subject:
                 continue
-            for extra, expected in s.exact.items():
+            for extra, expected in s.exact_of.get(name, s.exact).items():
                 seen = sorted({smp.extra[extra] for smp in entry.samples})
                 checks.append(
                     Check(
@@ -457,6 +457,10 @@ def run_suite(
         table += redis_tier.scenarios(sizes)
     if not selected or 11 in selected:
         table += fleet.scenarios(sizes)
+    if not selected or 12 in selected:
+        table += near_latency.scenarios(sizes)
+    if not selected or 13 in selected:
+        table += web.scenarios(sizes)
     results: List[Result] = []
     skipped: List[Scenario] = []
     for scenario in table:
@@ -532,7 +536,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         type=int,
         action="append",
         metavar="N",
-        help="run scenario N (1-11); repeatable; default all",
+        help="run scenario N (1-13); repeatable; default all",
     )
     parser.add_argument(
         "--repeat", type=int, metavar="R", help="rounds per scenario (7; quick: 3)"
