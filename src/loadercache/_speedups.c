@@ -761,6 +761,148 @@ static PyTypeObject LoaderCore_Type = {
     .tp_getset = loader_getset,
 };
 
+/* -- HitCounter and NearGet: RedisCacheMap._near_get, in C ---------------- */
+
+/* A count shared by the near getters of one store (backends.redis._near). */
+typedef struct {
+    PyObject_HEAD
+    Py_ssize_t value;
+} HitCounter;
+
+static PyMemberDef hitcounter_members[] = {
+    {"value", Py_T_PYSSIZET, offsetof(HitCounter, value), 0, NULL},
+    {NULL},
+};
+
+static PyTypeObject HitCounter_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "loadercache._speedups.HitCounter",
+    .tp_doc = "A count of near cache hits (see backends.redis._near.HitCounter).",
+    .tp_basicsize = sizeof(HitCounter),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_members = hitcounter_members,
+};
+
+/* A cache map's get with a near cache: the local future, else the near
+ * cache's, which the local map then keeps.  Line for line
+ * backends/redis/_cache_map.py RedisCacheMap._near_get, as a callable object
+ * so that load() makes no Python frame for it. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *local_get;
+    PyObject *local_set;
+    PyObject *near; /* a dict */
+    PyObject *hits; /* a HitCounter */
+    vectorcallfunc vectorcall;
+} NearGet;
+
+static PyObject *
+nearget_vectorcall(NearGet *self, PyObject *const *args, size_t nargsf,
+                   PyObject *kwnames)
+{
+    if (PyVectorcall_NARGS(nargsf) != 1 ||
+        (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "get() takes exactly one argument");
+        return NULL;
+    }
+    PyObject *key = args[0];
+    PyObject *future = PyObject_CallOneArg(self->local_get, key);
+    if (future == NULL || future != Py_None) {
+        return future;
+    }
+    Py_DECREF(future);
+    future = PyDict_GetItemWithError(self->near, key); /* borrowed */
+    if (future == NULL) {
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        Py_RETURN_NONE;
+    }
+    Py_INCREF(future);
+    PyObject *call[2] = {key, future};
+    PyObject *result = PyObject_Vectorcall(self->local_set, call, 2, NULL);
+    if (result == NULL) {
+        Py_DECREF(future);
+        return NULL;
+    }
+    Py_DECREF(result);
+    ((HitCounter *)self->hits)->value += 1;
+    return future;
+}
+
+static PyObject *
+nearget_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    PyObject *local_get, *local_set, *near, *hits;
+    if (kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0) {
+        PyErr_SetString(PyExc_TypeError, "NearGet() takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_UnpackTuple(args, "NearGet", 4, 4, &local_get, &local_set, &near,
+                           &hits)) {
+        return NULL;
+    }
+    if (!PyCallable_Check(local_get) || !PyCallable_Check(local_set) ||
+        !PyDict_Check(near) || !PyObject_TypeCheck(hits, &HitCounter_Type)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "NearGet(local_get, local_set, near: dict, hits: HitCounter)");
+        return NULL;
+    }
+    NearGet *self = (NearGet *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->local_get = Py_NewRef(local_get);
+    self->local_set = Py_NewRef(local_set);
+    self->near = Py_NewRef(near);
+    self->hits = Py_NewRef(hits);
+    self->vectorcall = (vectorcallfunc)nearget_vectorcall;
+    return (PyObject *)self;
+}
+
+static int
+nearget_traverse(NearGet *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->local_get);
+    Py_VISIT(self->local_set);
+    Py_VISIT(self->near);
+    Py_VISIT(self->hits);
+    return 0;
+}
+
+static int
+nearget_clear(NearGet *self)
+{
+    Py_CLEAR(self->local_get);
+    Py_CLEAR(self->local_set);
+    Py_CLEAR(self->near);
+    Py_CLEAR(self->hits);
+    return 0;
+}
+
+static void
+nearget_dealloc(NearGet *self)
+{
+    PyObject_GC_UnTrack(self);
+    nearget_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject NearGet_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "loadercache._speedups.NearGet",
+    .tp_doc = "RedisCacheMap._near_get as a callable object.",
+    .tp_basicsize = sizeof(NearGet),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_new = nearget_new,
+    .tp_dealloc = (destructor)nearget_dealloc,
+    .tp_traverse = (traverseproc)nearget_traverse,
+    .tp_clear = (inquiry)nearget_clear,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(NearGet, vectorcall),
+};
+
 /* -- the module --------------------------------------------------------- */
 
 PyDoc_STRVAR(setup_doc,
@@ -828,7 +970,8 @@ speedups_exec(PyObject *module)
     /* object.__new__ sets up a subclass instance's inline values. */
     LoaderCore_Type.tp_new = PyBaseObject_Type.tp_new;
     if (PyType_Ready(&CountsCore_Type) < 0 || PyType_Ready(&BatchCore_Type) < 0 ||
-        PyType_Ready(&LoaderCore_Type) < 0) {
+        PyType_Ready(&LoaderCore_Type) < 0 || PyType_Ready(&HitCounter_Type) < 0 ||
+        PyType_Ready(&NearGet_Type) < 0) {
         return -1;
     }
 #define INTERN(var, text)                                                      \
@@ -850,7 +993,9 @@ speedups_exec(PyObject *module)
     }
     if (add_type(module, "CountsCore", &CountsCore_Type) < 0 ||
         add_type(module, "BatchCore", &BatchCore_Type) < 0 ||
-        add_type(module, "LoaderCore", &LoaderCore_Type) < 0) {
+        add_type(module, "LoaderCore", &LoaderCore_Type) < 0 ||
+        add_type(module, "HitCounter", &HitCounter_Type) < 0 ||
+        add_type(module, "NearGet", &NearGet_Type) < 0) {
         return -1;
     }
     return 0;

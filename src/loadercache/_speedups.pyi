@@ -32,4 +32,18 @@ class LoaderCore:
         self, cache_keys: List[Hashable], futures: List[Any], values: Sequence[Any], /
     ) -> None: ...
 
+class HitCounter:
+    value: int
+
+class NearGet:
+    def __init__(
+        self,
+        local_get: Callable[[Any], Any],
+        local_set: Callable[[Any, Any], Any],
+        near: Dict[Any, Any],
+        hits: HitCounter,
+        /,
+    ) -> None: ...
+    def __call__(self, key: Any, /) -> Any: ...
+
 def _setup(unhashable_error: Callable[[object], Optional[TypeError]], /) -> None: ...

@@ -385,3 +385,49 @@ async def test_read_spans_carry_the_near_counters(
     assert attributes["loadercache.near_size"] == 2
     assert "loadercache.near_flushes" in attributes
     assert "loadercache.near_invalidations" in attributes
+
+
+def _getters() -> List[Any]:
+    from loadercache.backends.redis import _near
+
+    def python(local: Dict[Any, Any], near: Dict[Any, Any], hits: Any) -> Any:
+        # RedisCacheMap._near_get on a bare object with the slots it reads.
+        holder = type(
+            "Holder",
+            (),
+            {"__slots__": ("_hits", "_local_get", "_local_set", "_near")},
+        )()
+        holder._local_get, holder._local_set = local.get, local.__setitem__
+        holder._near, holder._hits = near, hits
+        from loadercache.backends.redis._cache_map import RedisCacheMap
+
+        return lambda key: RedisCacheMap._near_get(holder, key)  # type: ignore[arg-type]
+
+    getters = [python]
+    if _near.NearGet is not None:
+        getters.append(
+            lambda local, near, hits: _near.NearGet(
+                local.get, local.__setitem__, near, hits
+            )
+        )
+    return getters
+
+
+@pytest.mark.parametrize("make", _getters(), ids=["python", "c"][: len(_getters())])
+def test_the_near_getter_in_c_and_in_python(make: Callable[..., Any]) -> None:
+    from loadercache.backends.redis._near import HitCounter
+
+    local: Dict[Any, Any] = {"mine": "local future"}
+    near: Dict[Any, Any] = {"shared": "near future", "mine": "other"}
+    hits = HitCounter()
+    get = make(local, near, hits)
+    assert get("mine") == "local future"  # the request's own first
+    assert hits.value == 0
+    assert get("shared") == "near future"
+    assert local["shared"] == "near future"  # kept by the request
+    assert hits.value == 1
+    assert get("shared") == "near future"  # now a local hit
+    assert hits.value == 1
+    assert get("nowhere") is None
+    with pytest.raises(TypeError):
+        get([])

@@ -23,6 +23,7 @@ from loadercache.backends.redis._keys import (
     redis_keys,
     short_repr,
 )
+from loadercache.backends.redis._near import NearGet
 from loadercache.backends.redis._store import RedisStore
 from loadercache.cache import CacheMap, as_cache_map, fill_slot
 
@@ -53,11 +54,11 @@ class RedisCacheMap:
 
     __slots__ = (
         "_encoded",
+        "_hits",
         "_local",
         "_local_get",
         "_local_set",
         "_near",
-        "_stats",
         "_tier",
         "get",
     )
@@ -91,10 +92,15 @@ class RedisCacheMap:
         self._local_set: Callable[[Hashable, asyncio.Future[Any]], None] = (
             self._local.set
         )
-        self._stats = store._stats
         if store._near is not None:
             self._near = self._tier.namespace.near
-            fill_slot(RedisCacheMap, self, "get", self._near_get)
+            self._hits = store._near_hits
+            get: Callable[[Hashable], Optional[asyncio.Future[Any]]] = (
+                self._near_get
+                if NearGet is None
+                else NearGet(self._local_get, self._local_set, self._near, self._hits)
+            )
+            fill_slot(RedisCacheMap, self, "get", get)
         else:
             fill_slot(RedisCacheMap, self, "get", self._local_get)
         self._encoded: Dict[Hashable, bytes] = {}
@@ -213,13 +219,14 @@ class RedisCacheMap:
 
     def _near_get(self, key: Hashable) -> Optional[asyncio.Future[Any]]:
         # The local future; else the near cache's, which this request then
-        # keeps (whatever later happens to the near cache).
+        # keeps (whatever later happens to the near cache).  _speedups.NearGet
+        # is this, line for line, in C.
         future = self._local_get(key)
         if future is None:
             future = self._near.get(key)
             if future is not None:
                 self._local_set(key, future)
-                self._stats.near_hits += 1
+                self._hits.value += 1
         return future
 
     def _redis_key(self, key: Hashable) -> bytes:

@@ -48,11 +48,27 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Callable, Dict, Hashable, Optional
 
 from loadercache.backends.redis._namespace import Namespace
+from loadercache.loader import _speedups
 
 if TYPE_CHECKING:
     from loadercache.backends.redis._stats import StoreStats
 
-__all__ = ["NearCache"]
+__all__ = ["HitCounter", "NearCache", "NearGet"]
+
+
+class _HitCounter:
+    """A count of near hits, shared by the cache maps of one store."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+
+#: The near hits' counter, and a cache map's getter with a near cache as a C
+#: callable (None without the extension: RedisCacheMap._near_get then).
+HitCounter: Any = _HitCounter if _speedups is None else _speedups.HitCounter
+NearGet: Any = None if _speedups is None else _speedups.NearGet
 
 
 class _Entry:

@@ -82,7 +82,7 @@ from loadercache.backends.redis._namespace import (
     Operation,
     Reading,
 )
-from loadercache.backends.redis._near import NearCache
+from loadercache.backends.redis._near import HitCounter, NearCache
 from loadercache.backends.redis._resp import TOO_LARGE, Push, ReplyError
 from loadercache.backends.redis._scripts import (
     ACQUIRE,
@@ -284,6 +284,7 @@ class RedisStore:
             else None
         )
         self._stats = StoreStats()
+        self._near_hits = HitCounter()
         self._near = self._make_near(client_or_url, near_cache, near_ttl, near_ping)
         # Whether the current connection tracks keys (see _handshook), and
         # warnings already given about tracking.
@@ -504,6 +505,7 @@ class RedisStore:
         )
         snapshot.connects = self._link.connects
         snapshot.near_size = len(self._near) if self._near is not None else 0
+        snapshot.near_hits = self._near_hits.value
         return snapshot
 
     def cache_map(
@@ -1210,7 +1212,7 @@ class Tier:
                     [(b"MGET", namespace.gen_key, *rkeys)], parse
                 )
                 if store._near is not None:
-                    _near_attributes(span, stats, len(store._near))
+                    _near_attributes(span, store)
         except Exception as error:
             stats.errors += 1
             stats.misses += count
@@ -1589,13 +1591,14 @@ def _parse_read(
     return gen, values
 
 
-def _near_attributes(span: Any, stats: StoreStats, size: int) -> None:
+def _near_attributes(span: Any, store: RedisStore) -> None:
     # The near cache's counters so far (its hits make no round trip, and no
     # span, of their own).
-    span.set_attribute("loadercache.near_hits", stats.near_hits)
+    stats = store._stats
+    span.set_attribute("loadercache.near_hits", store._near_hits.value)
     span.set_attribute("loadercache.near_invalidations", stats.near_invalidations)
     span.set_attribute("loadercache.near_flushes", stats.near_flushes)
-    span.set_attribute("loadercache.near_size", size)
+    span.set_attribute("loadercache.near_size", len(store._near or ()))
 
 
 def _fill_near(
