@@ -903,6 +903,100 @@ static PyTypeObject NearGet_Type = {
     .tp_vectorcall_offset = offsetof(NearGet, vectorcall),
 };
 
+/* -- _bulks: the common replies of backends/redis/_resp.py, in C --------- */
+
+PyDoc_STRVAR(bulks_doc,
+"_bulks($module, buf, pos, count, max_bulk, /)\n--\n\n"
+"The leading elements of an array at *pos* of *buf* that are complete bulk\n"
+"strings (at most *max_bulk* bytes; -1: no limit) or nulls, at most *count*\n"
+"of them, and the position after them: (list, pos).  It stops at the first\n"
+"element that is anything else, incomplete or malformed, which\n"
+"Parser.gets then parses (or refuses) as if this had not run.");
+
+static PyObject *
+module_bulks(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "_bulks(buf: bytes, pos, count, max_bulk)");
+        return NULL;
+    }
+    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
+    Py_ssize_t count = PyLong_AsSsize_t(args[2]);
+    Py_ssize_t max_bulk = PyLong_AsSsize_t(args[3]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    const char *buf = PyBytes_AS_STRING(args[0]);
+    Py_ssize_t end = PyBytes_GET_SIZE(args[0]);
+    PyObject *items = PyList_New(0);
+    if (items == NULL) {
+        return NULL;
+    }
+    while (count > 0 && pos >= 0 && pos + 3 <= end) {
+        PyObject *value;
+        if (buf[pos] == '_' && buf[pos + 1] == '\r' && buf[pos + 2] == '\n') {
+            value = Py_NewRef(Py_None);
+            pos += 3;
+        }
+        else if (buf[pos] == '$') {
+            /* A length of plain digits, or -1; anything else is Python's. */
+            Py_ssize_t at = pos + 1, length = 0, digits = 0;
+            int negative = 0;
+            if (at < end && buf[at] == '-') {
+                negative = 1;
+                at++;
+            }
+            while (at < end && buf[at] >= '0' && buf[at] <= '9' && digits < 18) {
+                length = length * 10 + (buf[at] - '0');
+                at++;
+                digits++;
+            }
+            if (digits == 0 || at + 2 > end || buf[at] != '\r' || buf[at + 1] != '\n') {
+                break;
+            }
+            at += 2;
+            if (negative) {
+                if (length != 1) {
+                    break;
+                }
+                value = Py_NewRef(Py_None);
+                pos = at;
+            }
+            else {
+                if ((max_bulk >= 0 && length > max_bulk) || at + length + 2 > end ||
+                    buf[at + length] != '\r' || buf[at + length + 1] != '\n') {
+                    break;
+                }
+                value = PyBytes_FromStringAndSize(buf + at, length);
+                if (value == NULL) {
+                    Py_DECREF(items);
+                    return NULL;
+                }
+                pos = at + length + 2;
+            }
+        }
+        else {
+            break;
+        }
+        if (PyList_Append(items, value) < 0) {
+            Py_DECREF(value);
+            Py_DECREF(items);
+            return NULL;
+        }
+        Py_DECREF(value);
+        count--;
+    }
+    PyObject *position = PyLong_FromSsize_t(pos);
+    if (position == NULL) {
+        Py_DECREF(items);
+        return NULL;
+    }
+    PyObject *result = PyTuple_Pack(2, items, position);
+    Py_DECREF(items);
+    Py_DECREF(position);
+    return result;
+}
+
 /* -- the module --------------------------------------------------------- */
 
 PyDoc_STRVAR(setup_doc,
@@ -946,6 +1040,7 @@ module_setup(PyObject *module, PyObject *unhashable)
 
 static PyMethodDef module_methods[] = {
     {"_setup", (PyCFunction)module_setup, METH_O, setup_doc},
+    {"_bulks", (PyCFunction)(void (*)(void))module_bulks, METH_FASTCALL, bulks_doc},
     {NULL},
 };
 

@@ -1,7 +1,7 @@
 """Types of the optional C extension; loader.py is its reference implementation."""
 
 from collections.abc import Hashable
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 class CountsCore:
     local_hits: int
@@ -46,4 +46,7 @@ class NearGet:
     ) -> None: ...
     def __call__(self, key: Any, /) -> Any: ...
 
+def _bulks(
+    buf: bytes, pos: int, count: int, max_bulk: int, /
+) -> Tuple[List[Optional[bytes]], int]: ...
 def _setup(unhashable_error: Callable[[object], Optional[TypeError]], /) -> None: ...

@@ -181,3 +181,78 @@ def test_encode() -> None:
         encode((b"SET", True))
     with pytest.raises(TypeError):
         encode((b"SET", object()))  # type: ignore[arg-type]
+
+
+# -- the C fast path (_speedups._bulks) against the Python it stands in for ---
+
+near_resp = st.one_of(
+    replies,
+    # Bulk strings and nulls as Redis sends them, and near misses of them.
+    st.lists(
+        st.one_of(
+            st.binary(max_size=80).map(lambda b: b"$%d\r\n%s\r\n" % (len(b), b)),
+            st.sampled_from(
+                [
+                    b"$-1\r\n",
+                    b"_\r\n",
+                    b"$-0\r\n\r\n",
+                    b"$-2\r\n",
+                    b"$+1\r\na\r\n",
+                    b"$ 1\r\na\r\n",
+                    b"$1_0\r\n0123456789\r\n",
+                    b"$01\r\na\r\n",
+                    b"$1\r\nab\r\n",
+                    b"$1\r\na\n\r",
+                    b"$1\r\na\rx",
+                    b"$1\r\na\r",
+                    b"$99999999999999999999\r\n",
+                    b"$\r\n",
+                    b":5\r\n",
+                    b"*1\r\n$1\r\nz\r\n",
+                    b"|1\r\n+a\r\n+b\r\n",
+                ]
+            ),
+        ),
+        max_size=10,
+    ).map(lambda items: b"*%d\r\n" % len(items) + b"".join(items)),
+    st.binary(max_size=60),
+)
+
+
+def _outcome(stream: bytes, cuts: List[int], max_bulk: Any) -> str:
+    parser = Parser(max_bulk=max_bulk, max_items=64)
+    replies: List[Any] = []
+    start = 0
+    try:
+        for cut in [*cuts, len(stream)]:
+            replies += parse_all(stream[start:cut], parser)
+            start = cut
+    except ProtocolError as error:
+        return f"{replies!r} then {error}"
+    return repr(replies)
+
+
+@pytest.mark.skipif(
+    __import__("loadercache.backends.redis._resp", fromlist=["_bulks"])._bulks is None,
+    reason="the C extension is not built (or LOADERCACHE_NO_EXTENSIONS=1)",
+)
+@settings(max_examples=600, deadline=None)
+@given(
+    st.lists(near_resp, min_size=1, max_size=6),
+    st.sampled_from([None, 0, 3, 40]),
+    st.data(),
+)
+def test_the_c_fast_path_parses_as_the_python_does(
+    frames: List[bytes], max_bulk: Any, data: Any
+) -> None:
+    from loadercache.backends.redis import _resp
+
+    stream = b"".join(frames)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=6)))
+    with_c = _outcome(stream, cuts, max_bulk)
+    fast, _resp._bulks = _resp._bulks, None
+    try:
+        without = _outcome(stream, cuts, max_bulk)
+    finally:
+        _resp._bulks = fast
+    assert with_c == without

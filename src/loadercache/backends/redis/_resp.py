@@ -38,7 +38,14 @@ is then out of step with the server and must be closed.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+
+from loadercache.loader import _speedups
+
+#: The leading bulk strings of an array, parsed in C (None: no extension).
+_bulks: Optional[Callable[[bytes, int, int, int], Tuple[List[Any], int]]] = (
+    None if _speedups is None else _speedups._bulks
+)
 
 __all__ = [
     "NOT_ENOUGH",
@@ -268,7 +275,22 @@ class Parser:
                 elif count == 0:
                     value = []
                 else:
-                    stack.append([_ARRAY, [], count])
+                    items: List[Any] = []
+                    if _bulks is not None:
+                        # The bulk strings and nulls that lead it (an MGET's
+                        # values), in C; what follows, whatever it is, below.
+                        max_bulk = self._max_bulk
+                        items, pos = _bulks(
+                            buf, pos, count, -1 if max_bulk is None else max_bulk
+                        )
+                        if len(items) == count:
+                            value = self._complete(items)
+                            if value is not NOT_ENOUGH:
+                                self._pos = pos
+                                self._need = 0
+                                return value
+                            continue
+                    stack.append([_ARRAY, items, count - len(items)])
                     continue
             elif kind == 43:  # + simple string
                 value = buf[pos + 1 : nl].decode("utf-8", "replace")
