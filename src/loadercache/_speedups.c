@@ -946,7 +946,9 @@ module_bulks(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 negative = 1;
                 at++;
             }
-            while (at < end && buf[at] >= '0' && buf[at] <= '9' && digits < 18) {
+            /* Few enough digits that the length fits a Py_ssize_t. */
+            const Py_ssize_t most = sizeof(Py_ssize_t) >= 8 ? 18 : 9;
+            while (at < end && buf[at] >= '0' && buf[at] <= '9' && digits < most) {
                 length = length * 10 + (buf[at] - '0');
                 at++;
                 digits++;
@@ -963,7 +965,7 @@ module_bulks(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 pos = at;
             }
             else {
-                if ((max_bulk >= 0 && length > max_bulk) || at + length + 2 > end ||
+                if ((max_bulk >= 0 && length > max_bulk) || length > end - at - 2 ||
                     buf[at + length] != '\r' || buf[at + length + 1] != '\n') {
                     break;
                 }
