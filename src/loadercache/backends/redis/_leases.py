@@ -246,7 +246,7 @@ class Leases:
         # future, a decode and three callbacks (waits of a stampede are
         # counted in tens of thousands per process).
         value = owner.value
-        if value is None:
+        if value is None or value.cancelled():  # (nobody should cancel it)
             payload: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             owner.waiters.append(payload)
             value = owner.value = _decoded(payload, self.store.serializer.loads)
