@@ -280,6 +280,53 @@ async def test_entries_live_at_most_near_ttl(
     assert store.stats.near_size == 0
 
 
+async def test_entries_live_at_most_the_stores_ttl(
+    stores: Callable[..., RedisStore],
+) -> None:
+    # Redis pushes an expiry only once it deletes the key, maybe long after.
+    store, rows = stores(ttl=0.3, near_ttl=60.0), Rows()
+    await warm(store, rows, 1)
+    await asyncio.sleep(0.45)
+    assert store.stats.near_size == 0
+
+
+async def test_its_own_clear_all_empties_the_namespace_at_once(
+    stores: Callable[..., RedisStore],
+) -> None:
+    store, rows = stores(), Rows()
+    await warm(store, rows, 1, 2)
+    flushes = store.stats.near_flushes
+    DataLoader(rows, cache_map=store.cache_map("users")).clear_all()
+    stats = store.stats
+    assert (stats.near_size, stats.near_flushes) == (0, flushes + 1)
+
+
+# The first loop closes with the store's connection open: its socket is
+# left for the garbage collector (one store per event loop is the rule; this
+# is what happens when it is broken).
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_store_on_a_new_event_loop_forgets_its_near_values(
+    server: RedisServer,
+) -> None:
+    rows = Rows()
+    store = RedisStore(server.url, near_cache=100, timeout=2.0)
+    asyncio.run(warm(store, rows, 1))
+    rows.rows[1] = "changed"
+
+    async def elsewhere() -> List[Any]:
+        other = RedisStore(server.url, timeout=2.0)
+        DataLoader(rows, cache_map=other.cache_map("users")).clear(1)
+        await other.flush()
+        await other.aclose()
+        try:
+            return await load(store, rows, 1)  # a future of the old loop, or Redis
+        finally:
+            await store.aclose()
+
+    assert asyncio.run(elsewhere()) == ["changed"]
+
+
 async def test_it_holds_at_most_near_cache_values(
     stores: Callable[..., RedisStore],
 ) -> None:

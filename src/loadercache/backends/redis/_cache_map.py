@@ -93,6 +93,7 @@ class RedisCacheMap:
             self._local.set
         )
         if store._near is not None:
+            store._near.bind()  # on another event loop, its values go
             self._near = self._tier.namespace.near
             self._hits = store._near_hits
             get: Callable[[Hashable], Optional[asyncio.Future[Any]]] = (
@@ -210,7 +211,7 @@ class RedisCacheMap:
 
         >>> cache_map.discard(1, failed_future)
         """
-        if self.get(key) is future:
+        if self._local_get(key) is future:
             self._local.delete(key)
         self._tier.forget(key, self._encoded)
         self._encoded.pop(key, None)

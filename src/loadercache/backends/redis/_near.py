@@ -35,9 +35,12 @@ Only values read enter; a value this process loads enters once it is read.
 *When the server cannot tell, nothing is served.*  When the connection
 drops, or a ping sent every ``near_ping`` seconds is not answered by the
 next one, the near cache empties and takes no values until the connection
-answers again (with tracking on).  ``near_ttl`` bounds how long an entry
-lives regardless (entries go within a quarter of it after it passes), and
-``near_cache`` how many there are (the oldest go first).
+answers again (with tracking on).  ``near_ttl`` (capped at the store's TTLs:
+Redis pushes an expiry only once it deletes the key, which may be long
+after) bounds how long an entry lives regardless (entries go within a
+quarter of it after it passes), and ``near_cache`` how many there are (the
+oldest go first).  A store used from another event loop forgets its values
+(futures of the old loop) when its next cache map is made.
 """
 
 from __future__ import annotations
@@ -124,6 +127,7 @@ class NearCache:
         self._sweep_handle: Optional[asyncio.TimerHandle] = None
         self._ping_handle: Optional[asyncio.TimerHandle] = None
         self._ping: Optional[asyncio.Future[Any]] = None
+        self._closed = False
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -142,9 +146,7 @@ class NearCache:
         if not self.active or gen is None:
             return
         if gen != namespace.near_gen:
-            if namespace.near_gen is not None and namespace.near:
-                # Another generation: what was kept is of a cleared one.
-                self._stats.near_flushes += 1
+            # Another generation: what was kept is of a cleared one.
             self.drop(namespace)
             namespace.near_gen = gen
         loop = self._loop
@@ -174,10 +176,31 @@ class NearCache:
         return True
 
     def drop(self, namespace: Namespace) -> None:
-        """Forget every value of *namespace* (its entries here go as they age)."""
+        """Forget every value of *namespace*."""
+        if namespace.near:
+            self._stats.near_flushes += 1
+            entries = self.entries
+            for rkey in [k for k, e in entries.items() if e.namespace is namespace]:
+                del entries[rkey]
         namespace.near.clear()
         namespace.near_gen = None
         self._gens.pop(namespace.gen_key, None)
+
+    def bind(self) -> None:
+        """On an event loop other than its values', forget them: they are
+        futures of a loop that is gone, and the pushes that kept them true
+        went with its connection."""
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if running is not loop:
+            self._stop()
+            self.active = False  # until the new loop's connection is ready
+            self.flush()
 
     def flush(self) -> None:
         """Forget everything."""
@@ -208,8 +231,6 @@ class NearCache:
                 # Its generation changed (a clear_all), or its expiry did
                 # (which each process extends rarely: see _plan): either way
                 # what was read under it goes.
-                if namespace.near:
-                    stats.near_flushes += 1
                 self.drop(namespace)
 
     # -- the connection --------------------------------------------------------
@@ -224,12 +245,18 @@ class NearCache:
         self.flush()
 
     def close(self) -> None:
+        self._closed = True
         self.active = False
+        self._stop()
+        self.flush()
+
+    def _stop(self) -> None:
         for handle in (self._sweep_handle, self._ping_handle):
             if handle is not None:
                 handle.cancel()
         self._sweep_handle = self._ping_handle = None
-        self.flush()
+        self._ping = None
+        self._loop = None
 
     # -- timers ----------------------------------------------------------------
 
@@ -272,6 +299,8 @@ class NearCache:
             self._ping.add_done_callback(self._pong)
 
     def _pong(self, future: asyncio.Future[Any]) -> None:
+        if self._closed or future is not self._ping:
+            return  # closed, or a ping of a loop left behind
         if future.cancelled() or future.exception() is not None:
             return  # the connection failed, and lost() has run
         self.active = self._tracking()

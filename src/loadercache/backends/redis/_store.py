@@ -206,10 +206,10 @@ class RedisStore:
       trip; Redis tells the store (client tracking, in broadcast mode on the
       store's keys) when any client changes one, and it goes at once.  While
       the store's connection is down or its pings go unanswered, the near
-      cache is empty and bypassed.  ``near_ttl`` (default 60 s) bounds how
-      long a value stays regardless; ``near_ping`` (default 1 s) is how often
-      an idle connection is checked.  Values are shared by the requests, not
-      copied: treat them as read-only.
+      cache is empty and bypassed.  ``near_ttl`` (default 60 s; at most
+      ``ttl``) bounds how long a value stays regardless; ``near_ping``
+      (default 1 s) is how often an idle connection is checked.  Values are
+      shared by the requests, not copied: treat them as read-only.
     * ``ssl``: an ``ssl.SSLContext`` for a ``rediss://`` URL (default: the
       system's trusted certificates); ``client_name`` (default
       ``"loadercache"``): the name the connection gives itself
@@ -283,6 +283,7 @@ class RedisStore:
             if leases and isinstance(client_or_url, str)
             else None
         )
+        self._timer = timer
         self._stats = StoreStats()
         self._near_hits = HitCounter()
         self._near = self._make_near(client_or_url, near_cache, near_ttl, near_ping)
@@ -388,9 +389,12 @@ class RedisStore:
                 stacklevel=3,
             )
             return None
+        # No value outlives its TTL here: Redis tells of an expiry only once it
+        # deletes the key, which may be long after.
+        life = min(t for t in (ttl or 60.0, self.ttl, self.negative_ttl) if t)
         return NearCache(
             size,
-            ttl or 60.0,
+            life,
             ping or 1.0,
             self._stats,
             send_ping=self._send_ping,
@@ -813,7 +817,7 @@ class RedisStore:
             part.fenced_script = len(commands)
             commands.append(FENCED_SET.command(fenced_keys, fenced_args))
         if (primes or fresh) and gen_px is not None:
-            now = time.monotonic()
+            now = self._timer()
             if now - namespace.gen_touched >= self._gen_touch_every:
                 namespace.gen_touched = now
                 part.touch = True
@@ -1522,6 +1526,9 @@ class Tier:
 
     def invalidate_all(self) -> None:
         """Forget every value of the namespace for every process (O(1))."""
+        near = self.store._near
+        if near is not None:
+            near.drop(self.namespace)
         self.namespace.clear_all()
         self.store._dirtied(self.namespace)
 
@@ -1613,6 +1620,7 @@ def _fill_near(
     """Keep the values Redis answered: not those a pending operation of this
     process overrides, nor a timed value that goes stale within near_ttl
     (its reads must reach Redis by then)."""
+    near.bind()
     operations = namespace.operations
     soon = int((time.time() + near.ttl) * 1000) if timings else 0
     for i, value in enumerate(values):
