@@ -151,6 +151,37 @@ async def test_changes_by_any_client_reach_the_other_near_caches(
     assert reader.stats.near_invalidations >= 4
 
 
+async def test_a_write_elsewhere_that_extends_the_generation_keeps_the_values(
+    server: RedisServer, stores: Callable[..., RedisStore]
+) -> None:
+    # Every push about the generation key is checked by reading it again:
+    # only a new generation (a clear_all) empties the namespace.
+    reader, rows = stores(), Rows()
+    await warm(reader, rows, 1, 2, 3)
+    flushes = reader.stats.near_flushes
+    pushed = reader.stats.near_invalidations
+    with server.client() as client:
+        gen_key = reader.redis_key("users", 0)[: -len(b"i:0")] + b"gen"
+        assert client.pexpire(gen_key, 600_000)  # what another store's write does
+    await eventually(lambda: _true(reader.stats.near_invalidations > pushed))
+    hits = reader.stats.near_hits
+
+    async def served_near() -> bool:
+        before = reader.stats.near_hits
+        await load(reader, rows, 1, 2, 3)
+        return reader.stats.near_hits == before + 3
+
+    await eventually(served_near)
+    assert reader.stats.near_flushes == flushes and reader.stats.near_hits > hits
+    # A new generation set by hand: the check finds it, and the values go.
+    with server.client() as client:
+        raw = client.get(gen_key)
+        assert raw is not None
+        client.set(gen_key, raw[:1] + b"X" * 8 + raw[9:])
+    await eventually(lambda: _true(reader.stats.near_flushes == flushes + 1))
+    assert reader.stats.near_size == 0
+
+
 async def test_a_fleet_of_processes_sees_each_others_changes(
     server: RedisServer, tmp_path: Path
 ) -> None:

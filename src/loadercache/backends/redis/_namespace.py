@@ -143,6 +143,7 @@ class Namespace:
         "name",
         "near",
         "near_gen",
+        "near_hidden",
         "new_gen",
         "new_gen_sent",
         "operations",
@@ -173,6 +174,9 @@ class Namespace:
         # future; see _near), and the generation they were read under.
         self.near: Dict[Hashable, asyncio.Future[Any]] = {}
         self.near_gen: Optional[bytes] = None
+        # Its values while a push about its generation is checked (see
+        # _near.NearCache.pushed): not served, kept if the generation holds.
+        self.near_hidden: Optional[Dict[Hashable, asyncio.Future[Any]]] = None
         # When this process last extended the generation's expiry (monotonic).
         self.gen_touched = -math.inf
 
@@ -203,6 +207,7 @@ class Namespace:
         token = new_token()
         self.near.clear()
         self.near_gen = None
+        self.near_hidden = None
         self.new_gen = token
         self.new_gen_sent = None
         self.gen = token

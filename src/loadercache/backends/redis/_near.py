@@ -19,9 +19,11 @@ ON BCAST PREFIX <prefix>:2:v<version>:``): whenever any client, this store
 itself, its peers or a plain ``redis-cli``, changes or deletes a key under
 the prefix, or the key expires or is evicted, Redis pushes its name, and the
 entry goes.  A change to a namespace's generation key (a ``clear_all``, or
-its expiry extended) drops the namespace's entries: one push reaches them
-all.  The store's own ``clear``, ``prime`` and ``clear_all`` evict at once,
-before Redis has them.
+only its expiry extended by a write) hides the namespace's entries until the
+store has read the generation again (one ``GET``, whose reply comes after
+the push): the same generation, and they are served again; another, and
+they go.  One push reaches them all.  The store's own ``clear``, ``prime``
+and ``clear_all`` evict at once, before Redis has them.
 
 *No race between a read and an invalidation.*  Pushes and replies share the
 one connection, so they arrive in the order Redis executed them (a broadcast
@@ -107,6 +109,7 @@ class NearCache:
         ping: float,
         stats: StoreStats,
         *,
+        check_gen: Callable[[Namespace], None],
         send_ping: Callable[[], Optional[asyncio.Future[Any]]],
         tracking: Callable[[], bool],
         timer: Callable[[], float] = time.monotonic,
@@ -115,6 +118,7 @@ class NearCache:
         self.ttl = ttl
         self.ping = ping
         self._stats = stats
+        self._check_gen = check_gen
         self._send_ping = send_ping
         self._tracking = tracking
         self._timer = timer
@@ -184,6 +188,7 @@ class NearCache:
                 del entries[rkey]
         namespace.near.clear()
         namespace.near_gen = None
+        namespace.near_hidden = None
         self._gens.pop(namespace.gen_key, None)
 
     def bind(self) -> None:
@@ -209,6 +214,7 @@ class NearCache:
         for entry in self.entries.values():
             entry.namespace.near.clear()
             entry.namespace.near_gen = None
+            entry.namespace.near_hidden = None
         self.entries.clear()
         self._gens.clear()
 
@@ -228,10 +234,40 @@ class NearCache:
                 continue
             namespace = self._gens.get(rkey)
             if namespace is not None:
-                # Its generation changed (a clear_all), or its expiry did
-                # (which each process extends rarely: see _plan): either way
-                # what was read under it goes.
-                self.drop(namespace)
+                self._hide(namespace)
+
+    def _hide(self, namespace: Namespace) -> None:
+        """A push about *namespace*'s generation: a clear_all, or only its
+        expiry extended (by any process's write).  Serve none of its values
+        until the generation is read again; keep them if it is the same."""
+        near = namespace.near
+        if not near and namespace.near_hidden is None:
+            return
+        hidden = namespace.near_hidden
+        if hidden is None:
+            namespace.near_hidden = dict(near)
+        else:
+            hidden.update(near)
+        near.clear()
+        # Its reply comes after this push, so it reads the generation as it
+        # is since the change pushed (and after any later change it missed,
+        # whose push comes before it): see gen_read.
+        self._check_gen(namespace)
+
+    def gen_read(self, namespace: Namespace, gen: Optional[bytes]) -> None:
+        """The generation of *namespace*, read after a push about it (as its
+        reply is parsed; None: it could not be read)."""
+        hidden = namespace.near_hidden
+        if hidden is None:
+            return  # decided by an earlier read, or dropped meanwhile
+        namespace.near_hidden = None
+        if gen is None or gen != namespace.near_gen or not self.active:
+            namespace.near.update(hidden)  # (so that drop counts and removes them)
+            self.drop(namespace)
+            return
+        near = namespace.near
+        for key, future in hidden.items():
+            near.setdefault(key, future)
 
     # -- the connection --------------------------------------------------------
 
@@ -307,6 +343,10 @@ class NearCache:
 
 
 def _forget(entry: _Entry) -> None:
-    near = entry.namespace.near
+    namespace = entry.namespace
+    near = namespace.near
     if near.get(entry.key) is entry.future:
         del near[entry.key]
+    hidden = namespace.near_hidden
+    if hidden is not None and hidden.get(entry.key) is entry.future:
+        del hidden[entry.key]

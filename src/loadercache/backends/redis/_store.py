@@ -397,6 +397,7 @@ class RedisStore:
             life,
             ping or 1.0,
             self._stats,
+            check_gen=self._check_gen,
             send_ping=self._send_ping,
             tracking=lambda: self._tracking,
         )
@@ -470,6 +471,27 @@ class RedisStore:
             self._near.lost()
         if self._leases is not None:
             self._leases.lost(error)
+
+    def _check_gen(self, namespace: Namespace) -> None:
+        """Read *namespace*'s generation for the near cache (see
+        NearCache.gen_read), deciding as the reply is parsed."""
+        near = self._near
+        assert near is not None
+        envelope = self._envelope
+
+        def parse(replies: List[Any]) -> None:
+            (raw,) = replies
+            try:
+                gen, _ = envelope.open_generation(namespace.gen_key, raw)
+            except Mismatch as error:
+                raise Unusable(str(error)) from None
+            near.gen_read(namespace, gen)
+
+        def done(future: asyncio.Future[Any]) -> None:
+            if future.cancelled() or future.exception() is not None:
+                near.gen_read(namespace, None)  # cannot tell: drop them
+
+        self._link.request([(b"GET", namespace.gen_key)], parse).add_done_callback(done)
 
     def _send_ping(self) -> Optional[asyncio.Future[Any]]:
         return self._link.request([(b"PING",)], _pong)
