@@ -113,7 +113,7 @@ BatchResult = Union[
 ]
 BatchLoadFn = Callable[[List[K]], Awaitable[BatchResult[K, V]]]
 
-logger = logging.getLogger("loadercache")
+logger: logging.Logger = logging.getLogger("loadercache")
 
 
 #: The counters of :class:`LoaderStats`, kept live by the loader.
