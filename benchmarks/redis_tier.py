@@ -328,15 +328,8 @@ async def _warm_loadercache(run: _Run) -> Sample:
     store = run.store()
     try:
         await _connect(store)
-        counter = BatchCounter()
-        before = store.stats
-        start = perf_counter()
-        await _through_loader(run, store, "warm", run.batch_fn(counter))
-        seconds = perf_counter() - start
-        after = store.stats
-        assert counter.calls == 0, "a warm key reached the batch function"
+        seconds, trips, _ = await _warm_pass(run, store, BatchCounter())
         batches = len(run.chunks)
-        trips = after.reads + after.writes - before.reads - before.writes
         return Sample(
             seconds,
             run.sizes.redis_keys,
@@ -344,6 +337,20 @@ async def _warm_loadercache(run: _Run) -> Sample:
         )
     finally:
         await store.aclose()
+
+
+async def _warm_pass(
+    run: _Run, store: Any, counter: BatchCounter
+) -> Tuple[float, int, int]:
+    """One timed pass over the warm keys: its seconds, round trips and near hits."""
+    before = store.stats
+    start = perf_counter()
+    await _through_loader(run, store, "warm", run.batch_fn(counter))
+    seconds = perf_counter() - start
+    after = store.stats
+    assert counter.calls == 0, "a warm key reached the batch function"
+    trips = after.reads + after.writes - before.reads - before.writes
+    return seconds, trips, after.near_hits - before.near_hits
 
 
 async def _warm_near(run: _Run) -> Sample:
@@ -354,20 +361,14 @@ async def _warm_near(run: _Run) -> Sample:
         counter = BatchCounter()
         # The warm-up pass: one read per batch, which fills the near cache.
         await _through_loader(run, store, "warm", run.batch_fn(counter))
-        before = store.stats
-        start = perf_counter()
-        await _through_loader(run, store, "warm", run.batch_fn(counter))
-        seconds = perf_counter() - start
-        after = store.stats
-        assert counter.calls == 0, "a warm key reached the batch function"
-        trips = after.reads + after.writes - before.reads - before.writes
+        seconds, trips, near_hits = await _warm_pass(run, store, counter)
         keys = run.sizes.redis_keys
         return Sample(
             seconds,
             keys,
             extra={
                 "round trips/batch": trips / len(run.chunks),
-                "near hits/load": (after.near_hits - before.near_hits) / keys,
+                "near hits/load": near_hits / keys,
                 **run.server.get("near", {}),
             },
         )
