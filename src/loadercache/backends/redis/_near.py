@@ -180,8 +180,8 @@ class NearCache:
         return True
 
     def drop(self, namespace: Namespace) -> None:
-        """Forget every value of *namespace*."""
-        if namespace.near:
+        """Forget every value of *namespace* (served or hidden)."""
+        if namespace.near or namespace.near_hidden:
             self._stats.near_flushes += 1
             entries = self.entries
             for rkey in [k for k, e in entries.items() if e.namespace is namespace]:
