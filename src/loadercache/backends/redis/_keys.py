@@ -45,6 +45,7 @@ __all__ = [
     "redis_key",
     "redis_keys",
     "short_repr",
+    "store_prefix",
 ]
 
 #: The version of the key scheme and of the value envelope.
@@ -97,13 +98,22 @@ def check_version(version: object) -> str:
     return version
 
 
+def store_prefix(prefix: str, version: str) -> bytes:
+    """The first bytes of every key of a store, whatever the namespace.
+
+    >>> store_prefix("lc", "1")
+    b'lc:2:v1:'
+    """
+    return f"{prefix}:{SCHEME}:v{version}:".encode("utf-8", "surrogatepass")
+
+
 def namespace_base(prefix: str, version: str, namespace: str) -> bytes:
     """The first bytes of every key of *namespace*, up to the encoded key.
 
     >>> namespace_base("lc", "1", "users")
     b'lc:2:v1:{users}:'
     """
-    return f"{prefix}:{SCHEME}:v{version}:{{{namespace}}}:".encode(
+    return store_prefix(prefix, version) + f"{{{namespace}}}:".encode(
         "utf-8", "surrogatepass"
     )
 

@@ -66,6 +66,7 @@ from loadercache.backends.redis._keys import (
     redis_key,
     redis_keys,
     short_repr,
+    store_prefix,
 )
 from loadercache.backends.redis._leases import LeaseFailure, LeaseRefused, Leases
 from loadercache.backends.redis._link import (
@@ -412,7 +413,7 @@ class RedisStore:
             self._warn_tracking("the server speaks RESP2 only (no pushes)")
             return []
         if self._near is not None:
-            prefix = namespace_base(self.prefix, self.version, "")[:-3]
+            prefix = store_prefix(self.prefix, self.version)
             tracking: Command = (
                 b"CLIENT",
                 b"TRACKING",
