@@ -146,7 +146,7 @@ class NearCache:
         value: Any,
         gen: Optional[bytes],
     ) -> None:
-        """Keep *value*, read (or written) at *rkey* under generation *gen*."""
+        """Keep *value*, read at *rkey* under generation *gen*."""
         if not self.active or gen is None:
             return
         if gen != namespace.near_gen:
@@ -260,11 +260,10 @@ class NearCache:
         hidden = namespace.near_hidden
         if hidden is None:
             return  # decided by an earlier read, or dropped meanwhile
-        namespace.near_hidden = None
         if gen is None or gen != namespace.near_gen or not self.active:
-            namespace.near.update(hidden)  # (so that drop counts and removes them)
-            self.drop(namespace)
+            self.drop(namespace)  # the hidden values too
             return
+        namespace.near_hidden = None
         near = namespace.near
         for key, future in hidden.items():
             near.setdefault(key, future)
