@@ -18,8 +18,8 @@ from loadercache.backends.redis._envelope import (
 from loadercache.backends.redis._resp import TOO_LARGE
 from loadercache.backends.serializers import MsgpackSerializer
 
-KEY = b"lc:2:v1:{users}:i:1"
-OTHER = b"lc:2:v1:{users}:i:2"
+KEY = b"lc:3:v1:{users}:i:1"
+OTHER = b"lc:3:v1:{users}:i:2"
 
 
 def open_one(envelope: Envelope, token: Any, key: bytes, raw: Any) -> Any:

@@ -8,12 +8,12 @@ from loadercache.backends.redis._namespace import (
     Reading,
 )
 
-A = b"lc:2:v1:{users}:i:1"
-B = b"lc:2:v1:{users}:i:2"
+A = b"lc:3:v1:{users}:i:1"
+B = b"lc:3:v1:{users}:i:2"
 
 
 def namespace() -> Namespace:
-    return Namespace("users", b"lc:2:v1:{users}:")
+    return Namespace("users", b"lc:3:v1:{users}:")
 
 
 def test_the_latest_operation_of_a_key_wins() -> None:
@@ -80,7 +80,7 @@ def test_too_many_deletes_become_one_clear_all_and_primes_survive() -> None:
     ns = namespace()
     ns.prime(A, b"kept", None)
     for key in range(MAX_OPERATIONS + 1):
-        ns.invalidate(b"lc:2:v1:{users}:i:%d" % (1000 + key))
+        ns.invalidate(b"lc:3:v1:{users}:i:%d" % (1000 + key))
     assert ns.new_gen is not None
     # The new generation, the prime, and the delete made after the overflow.
     assert ns.pending_count() == 3

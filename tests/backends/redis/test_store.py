@@ -89,7 +89,7 @@ class Env:
 
     def gen_key(self, namespace: str = "users") -> str:
         """The generation key of *namespace* (the documented key scheme)."""
-        return f"{self.prefix}:2:v1:{{{namespace}}}:gen"
+        return f"{self.prefix}:3:v1:{{{namespace}}}:gen"
 
     async def close(self) -> None:
         for store in self.stores:

@@ -130,8 +130,8 @@ class Envelope:
 
     >>> envelope = Envelope(MsgpackSerializer())
     >>> token = new_token()
-    >>> raw = envelope.seal(token, b"lc:2:v1:{users}:i:1", envelope.dumps({"id": 1}))
-    >>> envelope.open_all(token, [b"lc:2:v1:{users}:i:1"], [raw], Opened(), MISS)
+    >>> raw = envelope.seal(token, b"lc:3:v1:{users}:i:1", envelope.dumps({"id": 1}))
+    >>> envelope.open_all(token, [b"lc:3:v1:{users}:i:1"], [raw], Opened(), MISS)
     [{'id': 1}]
     """
 

@@ -1,17 +1,30 @@
 """The Redis key of every cached value: scheme, namespaces, and key encoding.
 
-Key scheme (version 2)
+Key scheme (version 3)
 ----------------------
-A value lives at ``<prefix>:2:v<version>:{<namespace>}:<encoded key>``, e.g.
-``lc:2:v1:{users}:i:42`` or ``lc:2:v1:{tenant:7:users}:s:alice``, and the
+A value lives at ``<prefix>:3:v<version>:{<namespace>}:<encoded key>``, e.g.
+``lc:3:v1:{users}:i:42`` or ``lc:3:v1:{tenant:7:users}:s:alice``, and the
 namespace's generation (see :mod:`loadercache.backends.redis._namespace`) at
-``...:{<namespace>}:gen``.  ``2`` is the version of this scheme and of the
+``...:{<namespace>}:gen``.  ``3`` is the version of this scheme and of the
 value envelope: a deploy of a loadercache that writes another layout reads
 and writes other keys, so old and new deploys never read each other's
 values.  ``<version>`` is the user's (``RedisStore(version=...)``): bump it
 when the shape of the cached values changes.  The namespace is in braces, the
-Redis Cluster *hash tag*: every key of a namespace lives in one slot, so one
-``MGET`` and one pipeline serve a whole batch on a cluster too.
+Redis Cluster *hash tag*: on one server, every key of a namespace lives in one
+slot, so one ``MGET`` serves a whole batch.
+
+On a cluster a namespace is *spread* over ``buckets`` hash tags, so that its
+keys (and its load) spread over every node: a key lives at
+``<prefix>:3:v<version>:b<buckets>:{<bucket>.<salt>:<namespace>}:<encoded
+key>``, with ``<bucket>`` the CRC-32 of the encoded key modulo ``buckets``
+and ``<salt>`` what spreads the buckets' slots evenly (see
+:func:`bucket_tag`).  Each
+bucket is a namespace of its own to the store (its own generation, leases and
+fenced writes, all in one slot); ``clear_all`` gives every bucket a new
+generation.  The bucket count is part of the prefix, so stores that spread a
+namespace differently never share (or miss each other's clears of) a key.
+The bucket comes first in the tag: a namespace may hold ``:``, a bucket and a
+salt never do, so no two (bucket, namespace) pairs give one tag.
 
 Key encoding
 ------------
@@ -30,6 +43,7 @@ raises ``TypeError``; map it with ``cache_key_fn=``.
 
 from __future__ import annotations
 
+import binascii
 import math
 import uuid
 from typing import Any, Dict, Hashable, List, Optional, Sequence
@@ -38,9 +52,12 @@ from loadercache._repr import short_repr
 
 __all__ = [
     "SCHEME",
+    "bucket_of",
+    "bucket_tag",
     "check_namespace",
     "check_prefix",
     "check_version",
+    "key_slot",
     "namespace_base",
     "redis_key",
     "redis_keys",
@@ -49,7 +66,7 @@ __all__ = [
 ]
 
 #: The version of the key scheme and of the value envelope.
-SCHEME = "2"
+SCHEME = "3"
 
 # An int this short is written in decimal under any int_max_str_digits (at
 # least 640 digits): a key needs no encoding to know it can be stored.
@@ -98,24 +115,83 @@ def check_version(version: object) -> str:
     return version
 
 
-def store_prefix(prefix: str, version: str) -> bytes:
+def store_prefix(prefix: str, version: str, buckets: int = 1) -> bytes:
     """The first bytes of every key of a store, whatever the namespace.
 
     >>> store_prefix("lc", "1")
-    b'lc:2:v1:'
+    b'lc:3:v1:'
+    >>> store_prefix("lc", "1", buckets=64)
+    b'lc:3:v1:b64:'
     """
-    return f"{prefix}:{SCHEME}:v{version}:".encode("utf-8", "surrogatepass")
+    spread = f"b{buckets}:" if buckets > 1 else ""
+    return f"{prefix}:{SCHEME}:v{version}:{spread}".encode("utf-8", "surrogatepass")
 
 
-def namespace_base(prefix: str, version: str, namespace: str) -> bytes:
-    """The first bytes of every key of *namespace*, up to the encoded key.
+def namespace_base(
+    prefix: str,
+    version: str,
+    namespace: str,
+    bucket: Optional[int] = None,
+    buckets: int = 1,
+) -> bytes:
+    """The first bytes of every key of *namespace* (or of its *bucket* of
+    *buckets*), up to the encoded key.
 
     >>> namespace_base("lc", "1", "users")
-    b'lc:2:v1:{users}:'
+    b'lc:3:v1:{users}:'
+    >>> namespace_base("lc", "1", "users", bucket=5, buckets=16)
+    b'lc:3:v1:b16:{5.19:users}:'
     """
-    return store_prefix(prefix, version) + f"{{{namespace}}}:".encode(
+    tag = namespace if bucket is None else bucket_tag(namespace, bucket, buckets)
+    return store_prefix(prefix, version, buckets) + f"{{{tag}}}:".encode(
         "utf-8", "surrogatepass"
     )
+
+
+def bucket_tag(namespace: str, bucket: int, buckets: int) -> str:
+    """The hash tag of *bucket* of *namespace*: ``<bucket>.<salt>:<namespace>``.
+
+    The salt is the first that puts the tag's slot in the bucket's own
+    1/*buckets* of the 16,384 slots, so the buckets of every namespace cover
+    the slots evenly, and every node of a cluster whose nodes serve even
+    ranges of slots serves an even share of them (CRC16 alone leaves a node
+    with a tenth of a namespace for one name in twenty).
+
+    >>> bucket_tag("users", 0, 16)
+    '0.61:users'
+    """
+    encoded = namespace.encode("utf-8", "surrogatepass")
+    for salt in range(1000 * buckets):
+        tag = b"%d.%d:%s" % (bucket, salt, encoded)
+        if key_slot(b"{" + tag + b"}") * buckets // 16384 == bucket:
+            return tag.decode("utf-8", "surrogatepass")
+    raise AssertionError("no salt found")  # CRC16 reaches every slot
+
+
+def bucket_of(segment: bytes, buckets: int) -> int:
+    """The bucket of the key whose encoding (after the base) is *segment*.
+
+    Stable across processes and Python versions (no ``hash()``).
+
+    >>> bucket_of(b"i:42", 64)
+    36
+    """
+    return binascii.crc32(segment) % buckets
+
+
+def key_slot(key: bytes) -> int:
+    """The Redis Cluster slot of *key*: CRC16 (XModem) of its hash tag, or
+    of the whole key when it has none, modulo 16384.
+
+    >>> key_slot(b"lc:3:v1:{users}:i:42") == key_slot(b"{users}")
+    True
+    """
+    start = key.find(b"{")
+    if start >= 0:
+        end = key.find(b"}", start + 1)
+        if end > start + 1:
+            key = key[start + 1 : end]
+    return binascii.crc_hqx(key, 0) % 16384
 
 
 def redis_keys(
@@ -128,8 +204,8 @@ def redis_keys(
     *encoded* holds keys encoded already (by a cache map's ``set``); they are
     taken from it.  Raises ``TypeError`` for a key that cannot be stored.
 
-    >>> redis_keys(b"lc:2:v1:{users}:", [42, "ada", (1, "a")])
-    [b'lc:2:v1:{users}:i:42', b'lc:2:v1:{users}:s:ada', b'lc:2:v1:{users}:t:i1;s1:a']
+    >>> redis_keys(b"lc:3:v1:{users}:", [42, "ada", (1, "a")])
+    [b'lc:3:v1:{users}:i:42', b'lc:3:v1:{users}:s:ada', b'lc:3:v1:{users}:t:i1;s1:a']
     """
     # The encodings of str and int, the keys of nearly every loader, made
     # here without a call per key; every other type goes through _segment.
@@ -152,8 +228,8 @@ def redis_keys(
 def redis_key(base: bytes, key: Hashable) -> bytes:
     """The Redis key of one *key* (see :func:`redis_keys`).
 
-    >>> redis_key(b"lc:2:v1:{users}:", True)
-    b'lc:2:v1:{users}:i:1'
+    >>> redis_key(b"lc:3:v1:{users}:", True)
+    b'lc:3:v1:{users}:i:1'
     """
     return redis_keys(base, (key,))[0]
 

@@ -125,9 +125,9 @@ class Reading:
 class Namespace:
     """The state of one namespace in this process (see the module docs).
 
-    >>> namespace = Namespace("users", b"lc:2:v1:{users}:")
-    >>> namespace.invalidate(b"lc:2:v1:{users}:i:1")
-    >>> namespace.overrides(b"lc:2:v1:{users}:i:1").kind
+    >>> namespace = Namespace("users", b"lc:3:v1:{users}:")
+    >>> namespace.invalidate(b"lc:3:v1:{users}:i:1")
+    >>> namespace.overrides(b"lc:3:v1:{users}:i:1").kind
     'del'
     """
 

@@ -15,7 +15,7 @@ hit, several times the rest of the hit (see ``benchmarks/README.md``).
 
 *Coherence comes from the server.*  The store's connection has client
 tracking on in broadcast mode for the store's key prefix (``CLIENT TRACKING
-ON BCAST PREFIX <prefix>:2:v<version>:``): whenever any client, this store
+ON BCAST PREFIX <prefix>:3:v<version>:``): whenever any client, this store
 itself, its peers or a plain ``redis-cli``, changes or deletes a key under
 the prefix, or the key expires or is evicted, Redis pushes its name, and the
 entry goes.  A change to a namespace's generation key (a ``clear_all``, or
