@@ -414,6 +414,8 @@ class Link:
         # for a server that speaks only RESP2.
         self.server: Tuple[str, Tuple[int, ...]] = ("", ())
         self.connects = 0
+        # Socket writes so far (each carries every request of one turn).
+        self.writes = 0
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._connection: Optional[_Connection] = None
         self._connecting: Optional[asyncio.Task[None]] = None
@@ -520,6 +522,7 @@ class Link:
                 self._connecting = self._loop.create_task(self._connect())
             return
         requests, self._outgoing = self._outgoing, []
+        self.writes += 1
         connection.send(requests)
 
     async def _connect(self) -> None:
