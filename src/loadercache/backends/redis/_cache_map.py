@@ -19,12 +19,10 @@ from typing import (
 from loadercache.backends.redis._keys import (
     can_skip_check,
     check_namespace,
-    redis_key,
-    redis_keys,
     short_repr,
 )
 from loadercache.backends.redis._near import NearGet
-from loadercache.backends.redis._store import RedisStore
+from loadercache.backends.redis._store import RedisStore, Tier
 from loadercache.cache import CacheMap, as_cache_map, fill_slot
 
 __all__ = ["RedisCacheMap"]
@@ -94,7 +92,9 @@ class RedisCacheMap:
         )
         if store._near is not None:
             store._near.bind()  # on another event loop, its values go
-            self._near = self._tier.namespace.near
+            tier = self._tier
+            assert isinstance(tier, Tier)  # a spread namespace has no near cache
+            self._near = tier.namespace.near
             self._hits = store._near_hits
             get: Callable[[Hashable], Optional[asyncio.Future[Any]]] = (
                 self._near_get
@@ -119,7 +119,7 @@ class RedisCacheMap:
         >>> store.cache_map("users").namespace
         'users'
         """
-        return self._tier.namespace.name
+        return self._tier.name
 
     @property
     def store(self) -> RedisStore:
@@ -146,7 +146,7 @@ class RedisCacheMap:
             # read of its batch.
             encoded = self._encoded
             if key not in encoded:
-                rkey = redis_key(self._tier.base, key)
+                rkey = self._tier.rkey(key)
                 if len(encoded) >= _MAX_ENCODED:
                     encoded.clear()
                 encoded[key] = rkey
@@ -233,5 +233,5 @@ class RedisCacheMap:
     def _redis_key(self, key: Hashable) -> bytes:
         rkey = self._encoded.pop(key, None)
         if rkey is None:
-            rkey = redis_keys(self._tier.base, (key,))[0]
+            rkey = self._tier.rkey(key)
         return rkey

@@ -49,6 +49,7 @@ from typing import (
 
 from loadercache import _valid
 from loadercache.backends.redis._client_link import ClientLink
+from loadercache.backends.redis._cluster import ClusterLink, Node
 from loadercache.backends.redis._envelope import (
     Envelope,
     LeaseMark,
@@ -92,6 +93,7 @@ from loadercache.backends.redis._scripts import (
     RENEW,
     is_noscript,
 )
+from loadercache.backends.redis._spread import Spread, SpreadTier
 from loadercache.backends.redis._stats import StoreStats
 from loadercache.backends.serializers import MsgpackSerializer, Serializer
 from loadercache.cache import MISS, CacheMap, Leased, Refresh, RemoteTierError, Stale
@@ -114,6 +116,12 @@ _RETRY_DELAY = 0.1
 # Unconfirmed operations across all namespaces before the largest
 # namespace's deletes are replaced by a new generation.
 _MAX_PENDING = 10_000
+
+# Hash tags a namespace is spread over on a cluster by default: each of 3 to
+# 5 masters serves 3 or more of them (see _keys.bucket_tag), and a batch of
+# a thousand keys costs 16 MGETs of about 60 keys.
+_CLUSTER_BUCKETS = 16
+_MAX_BUCKETS = 1024
 
 
 def _serializer(value: object) -> Serializer:
@@ -211,6 +219,14 @@ class RedisStore:
       ``ttl``) bounds how long a value stays regardless; ``near_ping``
       (default 1 s) is how often an idle connection is checked.  Values are
       shared by the requests, not copied: treat them as read-only.
+    * ``cluster`` (default False; needs a URL, not a client): the URL is one
+      node of a Redis Cluster or Valkey cluster; the store reads the slot map
+      from it and keeps one connection per node.  Each namespace is then
+      spread over ``buckets`` hash tags (default 16 on a cluster, 1 else), so
+      its keys and its load spread over every node; a batch costs one round
+      trip per node, all at once, and a node that fails costs only its keys
+      (each node has its own breakers).  ``near_cache`` is not available on
+      a cluster yet.
     * ``ssl``: an ``ssl.SSLContext`` for a ``rediss://`` URL (default: the
       system's trusted certificates); ``client_name`` (default
       ``"loadercache"``): the name the connection gives itself
@@ -242,12 +258,29 @@ class RedisStore:
         near_cache: Optional[int] = None,
         near_ttl: float = 60.0,
         near_ping: float = 1.0,
+        cluster: bool = False,
+        buckets: Optional[int] = None,
         ssl: Any = None,
         client_name: Optional[str] = "loadercache",
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
         self.prefix: str = check_prefix(prefix)
         self.version: str = check_version(version)
+        self.cluster: bool = bool(cluster)
+        if self.cluster and not isinstance(client_or_url, str):
+            raise TypeError(
+                "RedisStore(cluster=True) needs the redis:// URL of a node (the "
+                "store connects to every node itself); a RedisCluster client is "
+                "passed without cluster=True."
+            )
+        #: Hash tags each namespace is spread over (see _keys).
+        self.buckets: int = _valid.count("buckets", buckets, least=1, none=True) or (
+            _CLUSTER_BUCKETS if self.cluster else 1
+        )
+        if self.buckets > _MAX_BUCKETS:
+            raise ValueError(
+                f"buckets must be at most {_MAX_BUCKETS}, but got {buckets!r}."
+            )
         self.serializer: Serializer = _serializer(serializer)
         self.ttl: Optional[float] = _valid.seconds("ttl", ttl, none=True)
         self.negative_ttl: Optional[float] = _valid.seconds(
@@ -288,11 +321,18 @@ class RedisStore:
         self._stats = StoreStats()
         self._near_hits = HitCounter()
         self._near = self._make_near(client_or_url, near_cache, near_ttl, near_ping)
+        if self._near is not None and self.buckets > 1:
+            warnings.warn(
+                "RedisStore(near_cache=...) is not available with cluster=True "
+                "(or buckets > 1) yet; the near cache is off.",
+                stacklevel=2,
+            )
+            self._near = None
         # Whether the current connection tracks keys (see _handshook), and
         # warnings already given about tracking.
         self._tracking = False
         self._tracking_warned = False
-        self._link: Union[Link, ClientLink] = self._make_link(
+        self._link: Union[Link, ClientLink, ClusterLink] = self._make_link(
             client_or_url, connect_timeout, ssl, client_name
         )
         self._owns_client = isinstance(client_or_url, str)
@@ -309,6 +349,8 @@ class RedisStore:
         self._health = Health(
             repr(self), threshold=threshold or 1, cooldown=cooldown or 0.0, timer=timer
         )
+        # On a cluster, each node's own (see _health_for).
+        self._node_healths: Dict[Node, Health] = {}
         self._decode_log = RateLimitedLog(interval=60.0, timer=timer)
         self._size_log = RateLimitedLog(interval=60.0, timer=timer)
         self._warned_types: Set[type] = set()
@@ -318,7 +360,11 @@ class RedisStore:
         self._namespaces: weakref.WeakValueDictionary[str, Namespace] = (
             weakref.WeakValueDictionary()
         )
-        self._recent: OrderedDict[str, Namespace] = OrderedDict()
+        # Spread namespaces, by the same rules (see _spread).
+        self._spreads: weakref.WeakValueDictionary[str, Spread] = (
+            weakref.WeakValueDictionary()
+        )
+        self._recent: OrderedDict[str, Union[Namespace, Spread]] = OrderedDict()
         self._dirty: Dict[str, Namespace] = {}
         # Fresh values waiting for the next write round trip.
         self._fresh: List[_Fresh] = []
@@ -337,11 +383,11 @@ class RedisStore:
         connect_timeout: Optional[float],
         ssl: Any,
         client_name: Optional[str],
-    ) -> Union[Link, ClientLink]:
+    ) -> Union[Link, ClientLink, ClusterLink]:
         if isinstance(client_or_url, str):
             tracks = self._leases is not None or self._near is not None
-            return Link(
-                parse_url(client_or_url, ssl),
+            make = functools.partial(
+                Link,
                 timeout=self.timeout,
                 connect_timeout=connect_timeout,
                 # A value past the limit is skipped as it arrives, unread.
@@ -353,6 +399,8 @@ class RedisStore:
                 on_connect=self._connected if tracks else None,
                 on_lost=self._lost if tracks else None,
             )
+            address = parse_url(client_or_url, ssl)
+            return ClusterLink(address, make) if self.cluster else make(address)
         if not callable(getattr(client_or_url, "pipeline", None)):
             raise TypeError(
                 "RedisStore needs a redis:// URL, or a redis.asyncio.Redis or "
@@ -523,10 +571,11 @@ class RedisStore:
         'closed'
         """
         snapshot = StoreStats(**asdict(self._stats))
-        health = self._health
-        snapshot.breaker_state = health.reads.state
-        snapshot.write_breaker_state = health.writes.state
-        snapshot.breaker_opens = health.reads.opens + health.writes.opens
+        healths = [self._health, *self._node_healths.values()]
+        # On a cluster: the state of the worst node's breaker.
+        snapshot.breaker_state = _worst(health.reads.state for health in healths)
+        snapshot.write_breaker_state = _worst(h.writes.state for h in healths)
+        snapshot.breaker_opens = sum(h.reads.opens + h.writes.opens for h in healths)
         snapshot.pending_operations = sum(
             namespace.pending_count() for namespace in self._dirty.values()
         )
@@ -554,9 +603,9 @@ class RedisStore:
         """The Redis key that holds *key* of *namespace* (for inspection and ops).
 
         >>> RedisStore("redis://localhost").redis_key("users", 42)
-        b'lc:2:v1:{users}:i:42'
+        b'lc:3:v1:{users}:i:42'
         """
-        return redis_key(self._tier(namespace).namespace.base, key)
+        return self._tier(namespace).rkey(key)
 
     async def flush(self) -> None:
         """Wait until every pending write, delete, prime and clear_all is sent.
@@ -602,19 +651,57 @@ class RedisStore:
 
     # -- namespaces --------------------------------------------------------
 
-    def _tier(self, name: str) -> Tier:
+    def _tier(self, name: str) -> Union[Tier, SpreadTier]:
         """The store's view of namespace *name*, for a cache map."""
-        namespace = self._namespaces.get(name)
-        if namespace is None:
-            check_namespace(name)
-            namespace = Namespace(name, namespace_base(self.prefix, self.version, name))
-            self._namespaces[name] = namespace
+        state: Union[Namespace, Spread, None]
+        if self.buckets > 1:
+            state = self._spreads.get(name)
+            if state is None:
+                check_namespace(name)
+                state = self._spreads[name] = Spread(
+                    [
+                        Namespace(
+                            f"{name}{{{bucket}}}",  # no namespace has braces
+                            namespace_base(
+                                self.prefix, self.version, name, bucket, self.buckets
+                            ),
+                        )
+                        for bucket in range(self.buckets)
+                    ]
+                )
+        else:
+            state = self._namespaces.get(name)
+            if state is None:
+                check_namespace(name)
+                state = Namespace(name, namespace_base(self.prefix, self.version, name))
+                self._namespaces[name] = state
         recent = self._recent
-        recent[name] = namespace
+        recent[name] = state
         recent.move_to_end(name)
         if len(recent) > _RECENT_NAMESPACES:
             recent.popitem(last=False)
-        return Tier(self, namespace)
+        if type(state) is Spread:
+            return SpreadTier(self, name, state)
+        return Tier(self, state)  # type: ignore[arg-type]
+
+    def _health_for(self, key: bytes) -> Health:
+        """The health of the server that holds *key*: on a cluster, its node's."""
+        link = self._link
+        if type(link) is not ClusterLink:
+            return self._health
+        node = link.node_of(key)
+        if node is None:
+            return self._health  # before the slot map
+        health = self._node_healths.get(node)
+        if health is None:
+            default = self._health
+            health = self._node_healths[node] = Health(
+                f"{self!r} node {node[0]}:{node[1]}",
+                threshold=default.reads.threshold,
+                cooldown=default.cooldown,
+                timer=self._timer,
+            )
+        return health
 
     def _pending(self) -> bool:
         return any(namespace.has_pending() for namespace in self._dirty.values())
@@ -707,7 +794,8 @@ class RedisStore:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        delay = max(_RETRY_DELAY, self._health.writes.retry_in())
+        healths = [self._health, *self._node_healths.values()]
+        delay = max(_RETRY_DELAY, min(h.writes.retry_in() for h in healths))
         self._retry_handle = loop.call_later(delay, self._retry)
 
     def _retry(self) -> None:
@@ -721,7 +809,8 @@ class RedisStore:
         return self._carrier
 
     def _send(self) -> None:
-        """One write round trip with everything queued and not yet sent."""
+        """Write round trips with everything queued and not yet sent: one,
+        or on a cluster one per node."""
         if self._send_handle is not None:
             self._send_handle.cancel()  # flush() sends now, not next turn
             self._send_handle = None
@@ -730,7 +819,28 @@ class RedisStore:
         if not fresh and not self._pending():
             _complete(carrier)
             return
-        ticket = self._health.writes.allow()
+        by_namespace: Dict[str, List[_Fresh]] = {}
+        for entry in fresh:
+            by_namespace.setdefault(entry.namespace.name, []).append(entry)
+        names = [*self._dirty, *(n for n in by_namespace if n not in self._dirty)]
+        groups: Dict[Any, List[Tuple[Namespace, Sequence[_Fresh]]]] = {}
+        node_of = self._link.node_of if type(self._link) is ClusterLink else None
+        for name in names:
+            namespace = self._dirty.get(name) or by_namespace[name][0].namespace
+            node = node_of(namespace.gen_key) if node_of is not None else None
+            groups.setdefault(node, []).append((namespace, by_namespace.get(name, ())))
+        carriers = _split_carrier(carrier, len(groups))
+        for parts, part_carrier in zip(groups.values(), carriers):
+            self._send_trip(parts, part_carrier)
+
+    def _send_trip(
+        self,
+        parts: List[Tuple[Namespace, Sequence[_Fresh]]],
+        carrier: Optional[asyncio.Future[None]],
+    ) -> None:
+        """One write round trip with the parts of the namespaces of one server."""
+        health = self._health_for(parts[0][0].gen_key)
+        ticket = health.writes.allow()
         if ticket is None:
             self._stats.skipped += 1
             self._last_trip_failed = True
@@ -738,16 +848,11 @@ class RedisStore:
             self._schedule_retry()
             return
         self._trips += 1
-        trip = _Trip(self._trips, ticket, carrier)
-        by_namespace: Dict[str, List[_Fresh]] = {}
-        for entry in fresh:
-            by_namespace.setdefault(entry.namespace.name, []).append(entry)
-        names = [*self._dirty, *(n for n in by_namespace if n not in self._dirty)]
-        for name in names:
-            namespace = self._dirty.get(name) or by_namespace[name][0].namespace
-            self._plan(trip, namespace, by_namespace.get(name, ()))
+        trip = _Trip(self._trips, health, ticket, carrier)
+        for namespace, fresh in parts:
+            self._plan(trip, namespace, fresh)
         if not trip.commands:
-            self._health.writes.abandoned(ticket)
+            health.writes.abandoned(ticket)
             _complete(carrier)
             return
         span = start_redis_span("set_many", trip.keys)
@@ -857,7 +962,7 @@ class RedisStore:
         """The answer to a write round trip: confirm, or keep for another."""
         self._inflight.discard(future)
         span.end()
-        health = self._health
+        health = trip.health
         stats = self._stats
         if future.cancelled():
             health.abandoned(health.writes, trip.ticket)
@@ -1080,6 +1185,7 @@ class _Trip:
     __slots__ = (
         "carrier",
         "commands",
+        "health",
         "keys",
         "leases",
         "number",
@@ -1089,9 +1195,14 @@ class _Trip:
     )
 
     def __init__(
-        self, number: int, ticket: int, carrier: Optional[asyncio.Future[None]]
+        self,
+        number: int,
+        health: Health,
+        ticket: int,
+        carrier: Optional[asyncio.Future[None]],
     ) -> None:
         self.number = number
+        self.health = health
         self.ticket = ticket
         self.carrier = carrier
         self.commands: List[Tuple[Any, ...]] = []
@@ -1170,6 +1281,34 @@ def _check_refresh_leases(replies: List[Any]) -> List[bool]:
     return taken
 
 
+def _worst(states: Any) -> str:
+    """The worst of breaker states: open, then half-open, then closed."""
+    found = set(states)
+    return next((s for s in ("open", "half-open") if s in found), "closed")
+
+
+def _split_carrier(
+    carrier: Optional[asyncio.Future[None]], count: int
+) -> List[Optional[asyncio.Future[None]]]:
+    """*count* futures that complete *carrier* once all of them are complete."""
+    if carrier is None or count <= 1:
+        return [carrier] * count
+    loop = carrier.get_loop()
+    parts: List[Optional[asyncio.Future[None]]] = [
+        loop.create_future() for _ in range(count)
+    ]
+    left = [count]
+
+    def one_done(_: asyncio.Future[None]) -> None:
+        left[0] -= 1
+        if not left[0]:
+            _complete(carrier)
+
+    for part in parts:
+        part.add_done_callback(one_done)  # type: ignore[union-attr]
+    return parts
+
+
 def _complete(future: Optional[asyncio.Future[None]]) -> None:
     if future is not None and not future.done():
         future.set_result(None)
@@ -1189,30 +1328,42 @@ class Tier:
         self.namespace = namespace
 
     @property
-    def base(self) -> bytes:
-        """The bytes every Redis key of this namespace starts with."""
-        return self.namespace.base
+    def name(self) -> str:
+        """The namespace's name."""
+        return self.namespace.name
+
+    def rkey(self, key: Hashable) -> bytes:
+        """The Redis key of *key*; ``TypeError`` if it cannot be stored."""
+        return redis_keys(self.namespace.base, (key,))[0]
 
     async def read(
-        self, keys: Sequence[Hashable], encoded: Optional[Dict[Hashable, bytes]]
+        self,
+        keys: Sequence[Hashable],
+        encoded: Optional[Dict[Hashable, bytes]],
+        rkeys: Optional[List[bytes]] = None,
+        owner: Optional[asyncio.Task[Any]] = None,
     ) -> List[Any]:
         """One round trip: the stored value of each key, or MISS.
 
-        Raises :class:`~loadercache.RemoteTierError` when Redis fails (the
-        failure is logged once per outage, by the store's health).
+        *rkeys* are the keys' Redis keys if the caller has them, and *owner*
+        the task whose batch reads them, if it is not the current task (a
+        spread namespace reads its buckets in tasks of their own).  Raises
+        :class:`~loadercache.RemoteTierError` when Redis fails (the failure is
+        logged once per outage, by the store's health).
         """
         store = self.store
         namespace = self.namespace
         stats = store._stats
         count = len(keys)
         stats.read_keys += count
-        rkeys = redis_keys(namespace.base, keys, encoded)
+        if rkeys is None:
+            rkeys = redis_keys(namespace.base, keys, encoded)
         if namespace.new_gen is not None:
             # A clear_all Redis has not confirmed: nothing stored is current.
             stats.misses += count
-            self._remember(namespace.new_gen, keys, rkeys, 0, {})
+            self._remember(namespace.new_gen, keys, rkeys, 0, {}, owner)
             return [MISS] * count
-        health = store._health
+        health = store._health_for(namespace.gen_key)
         ticket = health.reads.allow()
         if ticket is None:
             stats.skipped += 1
@@ -1278,6 +1429,7 @@ class Tier:
                 [rkeys[i] for i in missed],
                 seq,
                 leases,
+                owner,
             )
         elif leases:
             store._leases.release(list(leases))  # type: ignore[union-attr]
@@ -1394,7 +1546,8 @@ class Tier:
                 values[i] = self._wait(rkeys[i], value)
         if not missed:
             return gen
-        writes = store._health.writes
+        health = store._health_for(namespace.gen_key)
+        writes = health.writes
         ticket = writes.allow()
         if ticket is None:
             return gen  # no writes now: load them unleased (and unwritten)
@@ -1407,17 +1560,17 @@ class Tier:
                 store._stats.write_errors += 1  # out of memory, say
             else:
                 store._stats.errors += 1
-            store._health.failed(writes, ticket, error)
+            health.failed(writes, ticket, error)
             return gen
         except BaseException:
-            store._health.abandoned(writes, ticket)
+            health.abandoned(writes, ticket)
             raise
         if None in answers:
-            store._health.succeeded(writes, ticket)
+            health.succeeded(writes, ticket)
         else:
             # Nothing was leased, so nothing written: a server out of memory
             # runs such a script too, which proves nothing about writing.
-            store._health.abandoned(writes, ticket)
+            health.abandoned(writes, ticket)
         for i, answer in zip(missed, answers):
             if answer is None:
                 marker = registry.marker(rkeys[i])
@@ -1448,11 +1601,12 @@ class Tier:
         rkeys: Sequence[bytes],
         seq: int,
         leases: Dict[bytes, bytes],
+        owner: Optional[asyncio.Task[Any]] = None,
     ) -> None:
         # The generation and keys the batch may write back, and its leases;
         # forgotten when its task ends, whatever happens to it, and the
         # leases it has not written by then are released.
-        task = asyncio.current_task()
+        task = owner or asyncio.current_task()
         readings = self.namespace.readings
         reading = Reading(gen, dict(zip(keys, rkeys)), seq, leases)
         readings[task] = reading
@@ -1480,12 +1634,19 @@ class Tier:
         Sent with this turn's other writes; awaited only with
         ``wait_for_writes=True``.  Never raises.
         """
+        if self.queue(items, encoded) and self.store.wait_for_writes:
+            await asyncio.shield(self.store._carrier_future())
+
+    def queue(
+        self, items: Sequence[Tuple[Hashable, Any]], encoded: Dict[Hashable, bytes]
+    ) -> bool:
+        """Queue *items* for the next write round trip; whether any was."""
         namespace = self.namespace
         reading = namespace.readings.pop(asyncio.current_task(), None)
         if reading is None or reading.cleared_all:
             # Nothing was read (Redis failed or was skipped), or the namespace
             # was cleared since: these values may predate the clear.
-            return
+            return False
         store = self.store
         registry = store._leases
         queued = False
@@ -1520,11 +1681,9 @@ class Tier:
             # Keys whose loads did not give a value to store (an exception).
             registry.release(list(reading.leases))
             reading.leases.clear()
-        if not queued:
-            return
-        store._schedule_send()
-        if store.wait_for_writes:
-            await asyncio.shield(store._carrier_future())
+        if queued:
+            store._schedule_send()
+        return queued
 
     def prime(self, rkey: bytes, value: Any) -> None:
         """Store *value* at *rkey* for every process (in the background)."""
