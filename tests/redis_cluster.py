@@ -30,7 +30,7 @@ from __future__ import annotations
 import atexit
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Set, Tuple
 
 import redis
 from redis.crc import key_slot
@@ -190,6 +190,14 @@ class LocalCluster:
         for index, replica in enumerate(self.nodes[len(masters) :]):
             master = masters[index % len(masters)]
             self._command(replica, "CLUSTER", "REPLICATE", self.node_id(master))
+        self._wait("every replica to sync", self._replicas_linked, timeout)
+        for master in masters:
+            # Redis 7.0 leaves out of CLUSTER SLOTS (and so out of a client's
+            # topology) a replica whose replication offset is 0, as it stays
+            # on an empty master until the first write or the master's PING
+            # ten seconds later.  FLUSHALL of the empty master is such a
+            # write, and changes nothing.
+            self._command(master, "FLUSHALL")
         self._wait("the cluster to settle", self._settled, timeout)
 
     def stop(self) -> None:
@@ -420,7 +428,9 @@ class LocalCluster:
 
         The cluster's own inspection (CLUSTER NODES, INFO, ... sent by the
         waits above) is left out; what clients send to learn the topology
-        (CLUSTER SLOTS, CLUSTER SHARDS) is not.
+        (CLUSTER SLOTS, CLUSTER SHARDS) is not.  The waits send CLUSTER SLOTS
+        too (to see what clients will see), so reset the statistics after
+        a start, failover or migration, not before it.
         """
         calls = node.command_calls()
         for name in _INSPECTION:
@@ -455,7 +465,8 @@ class LocalCluster:
 
         Agreement: what each live node says of itself (role, master, slots)
         is what every other live node says of it, and none marks it failing.
-        A replica's link to its master is up (it has had its first sync).
+        A replica's link to its master is up (it has had its first sync), and
+        every node's CLUSTER SLOTS lists it, so a client finds it.
         """
         live = self.live()
         views = {self.node_id(node): self._view(node) for node in live}
@@ -471,12 +482,34 @@ class LocalCluster:
                     return False
                 if "fail" in entry.flags or "fail?" in entry.flags:
                     return False
-            if not claim.is_master:
-                with node.client() as client:
-                    replication = client.info("replication")
-                if replication.get("master_link_status") != "up":
-                    return False
+        if not self._replicas_linked():
+            return False
+        # What a client learns: every replica of a master with slots, listed
+        # with its master by every node's CLUSTER SLOTS.
+        serving = {node_id for node_id, view in views.items() if view[node_id].slots}
+        expected = {
+            views[node_id][node_id].port
+            for node_id in views
+            if views[node_id][node_id].master_id in serving
+        }
+        return all(self._listed_replicas(node) == expected for node in live)
+
+    def _replicas_linked(self) -> bool:
+        """Every live replica's link to its master is up (its first sync done)."""
+        for node in self.replicas():
+            with node.client() as client:
+                replication = client.info("replication")
+            if replication.get("master_link_status") != "up":
+                return False
         return True
+
+    def _listed_replicas(self, node: RedisServer) -> Set[int]:
+        """The ports of the replicas *node*'s CLUSTER SLOTS lists."""
+        return {
+            int(replica[1])
+            for entry in self._command(node, "CLUSTER", "SLOTS")
+            for replica in entry[3:]
+        }
 
     def _wait(self, what: str, done: Callable[[], bool], timeout: float) -> None:
         deadline = time.monotonic() + timeout
