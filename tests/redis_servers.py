@@ -172,6 +172,10 @@ def server_version(binary: str) -> Tuple[int, ...]:
 class RedisServer:
     """A private server on a free port: start, kill, pause, resume, count.
 
+    ``cluster=True`` starts it with cluster mode on; it then claims every slot
+    itself, a one-node cluster, unless ``own_slots=False`` (a node that
+    :class:`~tests.redis_cluster.LocalCluster` joins to others).
+
     >>> server = RedisServer(tmp_path, kind="valkey"); server.start()
     >>> server.url
     'redis://127.0.0.1:40123/0'
@@ -183,6 +187,7 @@ class RedisServer:
         *,
         kind: str = "redis",
         cluster: bool = False,
+        own_slots: bool = True,
         args: Tuple[str, ...] = (),
         password: Optional[str] = None,
     ) -> None:
@@ -192,6 +197,7 @@ class RedisServer:
         self.version = server_version(self.binary)
         self.directory = directory
         self.cluster = cluster
+        self.own_slots = own_slots
         self.args = args
         self.port = free_port(cluster)
         self.process: Optional[subprocess.Popen[bytes]] = None
@@ -225,8 +231,10 @@ class RedisServer:
         if self.version >= (7, 0):
             args += ["--enable-debug-command", "yes"]
         if self.cluster:
-            # A one-node cluster that owns every slot: enough for a
-            # RedisCluster client and its routing rules.
+            # Alone (own_slots), a one-node cluster that owns every slot:
+            # enough for a RedisCluster client and its routing rules.  A
+            # member of a LocalCluster (tests/redis_cluster.py) owns none:
+            # the cluster hands out the slots once its nodes have met.
             config = self.directory / f"nodes-{self.port}.conf"
             args += ["--cluster-enabled", "yes", "--cluster-config-file", str(config)]
         args += list(self.args)
@@ -240,7 +248,7 @@ class RedisServer:
             try:
                 with self.client() as client:
                     client.ping()
-                    if self.cluster:
+                    if self.cluster and self.own_slots:
                         self._own_every_slot(client)
                 return
             except redis.ConnectionError:
