@@ -173,6 +173,84 @@ async def test_clear_prime_clear_all_and_leases_reach_the_other_store(
         await reader.aclose()
 
 
+async def _until(check: Any, what: str, seconds: float = 3.0) -> None:
+    deadline = time.monotonic() + seconds
+    for _ in range(1000):
+        if await check():
+            return
+        assert time.monotonic() < deadline, f"not within {seconds} s: {what}"
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never: {what}")
+
+
+async def test_a_near_cache_tracks_every_node(shared: LocalCluster) -> None:
+    cluster = shared
+    name = prefix()
+    near = make_store(cluster, name, near_cache=10_000)
+    other = make_store(cluster, name)
+    batch, calls = recorder(value)
+    keys = KEYS[:300]
+    try:
+        await load_all(near, batch, keys)
+        await near.flush()
+        await load_all(near, batch, keys)  # read from Redis: kept near
+        cluster.reset_stats()
+        assert await load_all(near, batch, keys) == [value(k) for k in keys]
+        # No node was asked: every key was a near hit.
+        for master in cluster.masters():
+            assert "mget" not in cluster.command_calls(master)
+        assert near.stats.near_hits >= len(keys)
+        assert len(calls) == 1
+
+        # Another store's clear and prime reach it, on whatever node.
+        writer: DataLoader[int, Any] = DataLoader(
+            batch, cache_map=other.cache_map("users")
+        )
+        writer.clear(5)
+        writer.prime(6, "primed")
+        await other.flush()
+
+        async def seen() -> bool:
+            before = len(calls)
+            got = await load_all(near, batch, [5, 6])
+            return got == [value(5), "primed"] and calls[before:] == [[5]]
+
+        await _until(seen, "the clear and the prime evicted the near values")
+
+        # And its clear_all: every bucket's generation.
+        writer.clear_all()
+        await other.flush()
+
+        async def cleared() -> bool:
+            before = len(calls)
+            await load_all(near, batch, keys[100:110])
+            return calls[before:] == [keys[100:110]]
+
+        await _until(cleared, "clear_all emptied the near cache")
+
+        # A node's connection killed: the near cache empties, then fills again.
+        await load_all(near, batch, keys)  # loads those clear_all left out
+        await near.flush()
+        await load_all(near, batch, keys)  # reads them: kept near
+        assert near.stats.near_size == len(keys)
+        flushes = near.stats.near_flushes
+        with cluster.masters()[0].client() as client:
+            client.execute_command("CLIENT", "KILL", "TYPE", "normal")
+        await _until(
+            lambda: asyncio.sleep(0, near.stats.near_flushes > flushes),
+            "the near cache flushed",
+        )
+        assert near.stats.near_size == 0
+        await load_all(near, batch, keys)
+        await load_all(near, batch, keys)
+        hits = near.stats.near_hits
+        await load_all(near, batch, keys)
+        assert near.stats.near_hits - hits == len(keys)
+    finally:
+        await near.aclose()
+        await other.aclose()
+
+
 async def _load_through(
     cluster: LocalCluster,
     store: RedisStore,
@@ -331,9 +409,6 @@ def test_cluster_options_are_checked() -> None:
     with pytest.raises(ValueError, match="database 0"):
         RedisStore("redis://127.0.0.1:1/2", cluster=True)
     assert RedisStore("redis://127.0.0.1:1", cluster=True).buckets == 16
-    with pytest.warns(UserWarning, match="not available with cluster"):
-        store = RedisStore("redis://127.0.0.1:1", cluster=True, near_cache=100)
-    assert store.stats.near_size == 0
 
 
 async def test_a_spread_namespace_works_on_one_server() -> None:

@@ -22,7 +22,7 @@ from loadercache.backends.redis._keys import (
     short_repr,
 )
 from loadercache.backends.redis._near import NearGet
-from loadercache.backends.redis._store import RedisStore, Tier
+from loadercache.backends.redis._store import RedisStore
 from loadercache.cache import CacheMap, as_cache_map, fill_slot
 
 __all__ = ["RedisCacheMap"]
@@ -92,9 +92,7 @@ class RedisCacheMap:
         )
         if store._near is not None:
             store._near.bind()  # on another event loop, its values go
-            tier = self._tier
-            assert isinstance(tier, Tier)  # a spread namespace has no near cache
-            self._near = tier.namespace.near
+            self._near = self._tier.near_view()
             self._hits = store._near_hits
             get: Callable[[Hashable], Optional[asyncio.Future[Any]]] = (
                 self._near_get

@@ -144,6 +144,7 @@ class Namespace:
         "near",
         "near_gen",
         "near_hidden",
+        "near_shared",
         "new_gen",
         "new_gen_sent",
         "operations",
@@ -177,6 +178,9 @@ class Namespace:
         # Its values while a push about its generation is checked (see
         # _near.NearCache.pushed): not served, kept if the generation holds.
         self.near_hidden: Optional[Dict[Hashable, asyncio.Future[Any]]] = None
+        # For a bucket of a spread namespace: the near values of all its
+        # buckets, which its cache maps read (its own are also in ``near``).
+        self.near_shared: Optional[Dict[Hashable, asyncio.Future[Any]]] = None
         # When this process last extended the generation's expiry (monotonic).
         self.gen_touched = -math.inf
 
@@ -205,9 +209,7 @@ class Namespace:
         new generation).
         """
         token = new_token()
-        self.near.clear()
-        self.near_gen = None
-        self.near_hidden = None
+        self.forget_near()
         self.new_gen = token
         self.new_gen_sent = None
         self.gen = token
@@ -219,6 +221,21 @@ class Namespace:
         }
         for reading in self.readings.values():
             reading.cleared_all = True
+
+    def forget_near(self) -> None:
+        """Forget the near values of this namespace (served and hidden)."""
+        shared = self.near_shared
+        if shared is not None:
+            for key, future in self.near.items():
+                if shared.get(key) is future:
+                    del shared[key]
+        self.near.clear()
+        self.near_gen = None
+        self.near_hidden = None
+
+    def near_view(self) -> Dict[Hashable, asyncio.Future[Any]]:
+        """The near values the cache maps of this namespace read."""
+        return self.near if self.near_shared is None else self.near_shared
 
     def _cleared(self, rkey: bytes) -> None:
         for reading in self.readings.values():

@@ -165,6 +165,8 @@ class NearCache:
             _forget(old)
         entries[rkey] = _Entry(namespace, key, future, self._timer())
         namespace.near[key] = future
+        if namespace.near_shared is not None:
+            namespace.near_shared[key] = future
         self._gens[namespace.gen_key] = namespace
         while len(entries) > self.maxsize:
             _forget(entries.popitem(last=False)[1])
@@ -186,9 +188,7 @@ class NearCache:
             entries = self.entries
             for rkey in [k for k, e in entries.items() if e.namespace is namespace]:
                 del entries[rkey]
-        namespace.near.clear()
-        namespace.near_gen = None
-        namespace.near_hidden = None
+        namespace.forget_near()
         self._gens.pop(namespace.gen_key, None)
 
     def bind(self) -> None:
@@ -212,9 +212,7 @@ class NearCache:
         if self.entries:
             self._stats.near_flushes += 1
         for entry in self.entries.values():
-            entry.namespace.near.clear()
-            entry.namespace.near_gen = None
-            entry.namespace.near_hidden = None
+            entry.namespace.forget_near()
         self.entries.clear()
         self._gens.clear()
 
@@ -248,6 +246,11 @@ class NearCache:
             namespace.near_hidden = dict(near)
         else:
             hidden.update(near)
+        shared = namespace.near_shared
+        if shared is not None:
+            for key, future in near.items():
+                if shared.get(key) is future:
+                    del shared[key]
         near.clear()
         # Its reply comes after this push, so it reads the generation as it
         # is since the change pushed (and after any later change it missed,
@@ -265,8 +268,10 @@ class NearCache:
             return
         namespace.near_hidden = None
         near = namespace.near
+        shared = namespace.near_shared
         for key, future in hidden.items():
-            near.setdefault(key, future)
+            if near.setdefault(key, future) is future and shared is not None:
+                shared.setdefault(key, future)
 
     # -- the connection --------------------------------------------------------
 
@@ -346,6 +351,9 @@ def _forget(entry: _Entry) -> None:
     near = namespace.near
     if near.get(entry.key) is entry.future:
         del near[entry.key]
+    shared = namespace.near_shared
+    if shared is not None and shared.get(entry.key) is entry.future:
+        del shared[entry.key]
     hidden = namespace.near_hidden
     if hidden is not None and hidden.get(entry.key) is entry.future:
         del hidden[entry.key]

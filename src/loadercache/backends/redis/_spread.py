@@ -37,12 +37,17 @@ __all__ = ["Spread", "SpreadTier"]
 class Spread:
     """The buckets of one namespace, shared by the process (like a Namespace)."""
 
-    __slots__ = ("__weakref__", "bases", "by_base", "namespaces")
+    __slots__ = ("__weakref__", "bases", "by_base", "namespaces", "near")
 
     def __init__(self, namespaces: List[Namespace]) -> None:
         self.namespaces = namespaces
         self.bases = [namespace.base for namespace in namespaces]
         self.by_base = {namespace.base: i for i, namespace in enumerate(namespaces)}
+        # The near values of every bucket, which the cache maps read: a near
+        # hit costs one dict lookup, not a bucket's hash (see _near).
+        self.near: Dict[Hashable, asyncio.Future[Any]] = {}
+        for namespace in namespaces:
+            namespace.near_shared = self.near
 
 
 class SpreadTier:
@@ -67,6 +72,10 @@ class SpreadTier:
     def rkey(self, key: Hashable) -> bytes:
         """The Redis key of *key*; ``TypeError`` if it cannot be stored."""
         return self._place(key)[1]
+
+    def near_view(self) -> Dict[Hashable, asyncio.Future[Any]]:
+        """The near values the cache maps of this namespace read."""
+        return self.spread.near
 
     def _tier_of(self, rkey: bytes) -> Tier:
         # The base ends at the first "}:" (no prefix or namespace has braces).

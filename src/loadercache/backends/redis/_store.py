@@ -71,6 +71,7 @@ from loadercache.backends.redis._keys import (
 )
 from loadercache.backends.redis._leases import LeaseFailure, LeaseRefused, Leases
 from loadercache.backends.redis._link import (
+    Address,
     Command,
     Link,
     RoundTripError,
@@ -225,8 +226,7 @@ class RedisStore:
       spread over ``buckets`` hash tags (default 16 on a cluster, 1 else), so
       its keys and its load spread over every node; a batch costs one round
       trip per node, all at once, and a node that fails costs only its keys
-      (each node has its own breakers).  ``near_cache`` is not available on
-      a cluster yet.
+      (each node has its own breakers).  A near cache tracks every node.
     * ``ssl``: an ``ssl.SSLContext`` for a ``rediss://`` URL (default: the
       system's trusted certificates); ``client_name`` (default
       ``"loadercache"``): the name the connection gives itself
@@ -321,16 +321,10 @@ class RedisStore:
         self._stats = StoreStats()
         self._near_hits = HitCounter()
         self._near = self._make_near(client_or_url, near_cache, near_ttl, near_ping)
-        if self._near is not None and self.buckets > 1:
-            warnings.warn(
-                "RedisStore(near_cache=...) is not available with cluster=True "
-                "(or buckets > 1) yet; the near cache is off.",
-                stacklevel=2,
-            )
-            self._near = None
         # Whether the current connection tracks keys (see _handshook), and
-        # warnings already given about tracking.
+        # warnings already given about tracking; on a cluster, each node's.
         self._tracking = False
+        self._node_tracking: Dict[Node, bool] = {}
         self._tracking_warned = False
         self._link: Union[Link, ClientLink, ClusterLink] = self._make_link(
             client_or_url, connect_timeout, ssl, client_name
@@ -400,7 +394,16 @@ class RedisStore:
                 on_lost=self._lost if tracks else None,
             )
             address = parse_url(client_or_url, ssl)
-            return ClusterLink(address, make) if self.cluster else make(address)
+            if not self.cluster:
+                return make(address)
+
+            def make_node(address: Address) -> Link:
+                # Each node tracks (or refuses to) on its own connection.
+                node = (address.host, address.port)
+                handshook = functools.partial(self._handshook, node=node)
+                return make(address, on_handshake=handshook if tracks else None)
+
+            return ClusterLink(address, make_node)
         if not callable(getattr(client_or_url, "pipeline", None)):
             raise TypeError(
                 "RedisStore needs a redis:// URL, or a redis.asyncio.Redis or "
@@ -461,7 +464,7 @@ class RedisStore:
             self._warn_tracking("the server speaks RESP2 only (no pushes)")
             return []
         if self._near is not None:
-            prefix = store_prefix(self.prefix, self.version)
+            prefix = store_prefix(self.prefix, self.version, self.buckets)
             tracking: Command = (
                 b"CLIENT",
                 b"TRACKING",
@@ -475,12 +478,18 @@ class RedisStore:
         scripts = _SCRIPTS if self._leases is not None else ()
         return [tracking, *[(b"SCRIPT", b"LOAD", s.source) for s in scripts]]
 
-    def _handshook(self, replies: List[Any]) -> None:
+    def _handshook(self, replies: List[Any], node: Optional[Node] = None) -> None:
         """The handshake's replies: tracking may be refused (an ACL, a proxy);
         then leases wait for nobody and the near cache stays empty.  A
-        script that cannot be loaded is sent by its source when needed."""
+        script that cannot be loaded is sent by its source when needed.  On
+        a cluster each *node* answers for itself, and the store tracks only
+        while every node it has connected to does."""
         refusal = replies[0] if replies else None
-        self._tracking = bool(replies) and _is_ok(refusal)
+        tracking = bool(replies) and _is_ok(refusal)
+        if node is not None:
+            self._node_tracking[node] = tracking
+            tracking = all(self._node_tracking.values())
+        self._tracking = tracking
         if not self._tracking:
             self._warn_tracking(f"CLIENT TRACKING answered {short_repr(refusal)}")
 
@@ -543,7 +552,14 @@ class RedisStore:
         self._link.request([(b"GET", namespace.gen_key)], parse).add_done_callback(done)
 
     def _send_ping(self) -> Optional[asyncio.Future[Any]]:
-        return self._link.request([(b"PING",)], _pong)
+        link = self._link
+        if type(link) is ClusterLink:
+            # Every node's connection: a silent one would hide its pushes.
+            pings = [
+                link.link(node).request([(b"PING",)], _pong) for node in link.nodes
+            ]
+            return asyncio.gather(*pings) if pings else None
+        return link.request([(b"PING",)], _pong)
 
     def _leasing(self) -> bool:
         """Whether reads lease their misses now: leases on, and a connection
@@ -1335,6 +1351,10 @@ class Tier:
     def rkey(self, key: Hashable) -> bytes:
         """The Redis key of *key*; ``TypeError`` if it cannot be stored."""
         return redis_keys(self.namespace.base, (key,))[0]
+
+    def near_view(self) -> Dict[Hashable, asyncio.Future[Any]]:
+        """The near values the cache maps of this namespace read."""
+        return self.namespace.near_view()
 
     async def read(
         self,
