@@ -35,7 +35,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import loadercache
-from benchmarks import fleet, near_latency, redis_tier, web
+from benchmarks import cluster_reads, fleet, near_latency, redis_tier, web
 from benchmarks.scenarios import FULL, QUICK, Sample, Scenario, Sizes, scenarios
 
 __all__ = ["Result", "main", "run_suite", "structural_checks"]
@@ -461,6 +461,8 @@ def run_suite(
         table += near_latency.scenarios(sizes)
     if not selected or 13 in selected:
         table += web.scenarios(sizes)
+    if not selected or 14 in selected:
+        table += cluster_reads.scenarios(sizes)
     results: List[Result] = []
     skipped: List[Scenario] = []
     for scenario in table:
@@ -536,7 +538,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         type=int,
         action="append",
         metavar="N",
-        help="run scenario N (1-13); repeatable; default all",
+        help="run scenario N (1-14); repeatable; default all",
     )
     parser.add_argument(
         "--repeat", type=int, metavar="R", help="rounds per scenario (7; quick: 3)"

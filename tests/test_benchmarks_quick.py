@@ -123,3 +123,16 @@ def test_the_instruction_counts_workloads_run(scenario: str) -> None:
         timeout=120,
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
+
+
+def test_cluster_reads_take_one_trip_per_node(quick_run: Dict[str, Any]) -> None:
+    # Scenario 14: a spread namespace reaches each of the 3 masters in one
+    # write per batch; a one-slot namespace (buckets=1) its one master.
+    skipped = quick_run["skipped"].get("14")
+    if skipped is not None:
+        if REQUIRE_REDIS:
+            pytest.fail(f"scenario 14 skipped: {skipped} (LOADERCACHE_REQUIRE_REDIS=1)")
+        pytest.skip(f"scenario 14 skipped: {skipped}")
+    checks = _checks(quick_run, "14")
+    assert len(checks) == 2, checks
+    _assert_ok(quick_run, checks)
