@@ -19,7 +19,9 @@ stdin and answers one JSON line per command on stdout:
 sleep (a slow database, whose answer may be stale by the time it returns),
 and ``--started PATH`` makes it write that file when it starts, so a test
 knows a load is in flight.  ``--lease-ttl`` and ``--no-leases`` set the
-store's leases, ``--near N`` gives it a near cache of N values.
+store's leases, ``--near N`` gives it a near cache of N values, ``--cluster``
+makes *url* a node of a cluster (``RedisStore(cluster=True)``), ``--prefix``
+sets the key prefix.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ async def main() -> None:
     parser.add_argument("--lease-ttl", type=float, default=2.0)
     parser.add_argument("--no-leases", action="store_true")
     parser.add_argument("--near", type=int, default=None)
+    parser.add_argument("--cluster", action="store_true")
+    parser.add_argument("--prefix", default="lc")
     options = parser.parse_args()
     store = RedisStore(
         options.url,
@@ -51,6 +55,8 @@ async def main() -> None:
         lease_ttl=options.lease_ttl,
         leases=not options.no_leases,
         near_cache=options.near,
+        cluster=options.cluster,
+        prefix=options.prefix,
     )
     db = Path(options.db)
     calls: List[Any] = []

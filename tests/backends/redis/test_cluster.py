@@ -11,9 +11,11 @@ hitting.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
-from typing import Any, Dict, Iterator, List, Set
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, Dict, Iterator, List, Set
 
 import pytest
 
@@ -24,6 +26,7 @@ from loadercache.backends.redis._keys import bucket_of, key_slot, namespace_base
 
 from ...redis_cluster import LocalCluster
 from ...redis_servers import KINDS, delete_prefix, real_redis_url, recorder
+from .test_leases import Process
 
 
 @pytest.fixture(scope="module", params=KINDS)
@@ -442,3 +445,68 @@ async def test_a_spread_namespace_works_on_one_server() -> None:
         await writer.aclose()
         await reader.aclose()
         delete_prefix(url, name)
+
+
+# -- several processes ---------------------------------------------------------
+
+
+@pytest.fixture
+async def cluster_fleet(
+    shared: LocalCluster, tmp_path: Path
+) -> AsyncIterator[Callable[..., Any]]:
+    """Processes of a fleet (tests/backends/redis/fleet.py) on the cluster,
+    with a prefix of their own."""
+    db = tmp_path / "db.json"
+    db.write_text(json.dumps({f"k{i}": f"v{i}" for i in range(1000)}))
+    processes: List[Process] = []
+    name = prefix()
+
+    async def start(*options: str) -> Process:
+        process = await Process.start(
+            shared.seed_url, db, "--cluster", "--prefix", name, *options
+        )
+        processes.append(process)
+        return process
+
+    try:
+        yield start
+    finally:
+        for process in processes:
+            await process.stop()
+
+
+FLEET_KEYS = [f"k{i}" for i in range(200)]
+
+
+async def test_a_fleet_on_a_cluster_loads_each_key_once(
+    cluster_fleet: Callable[..., Any],
+) -> None:
+    processes = [await cluster_fleet() for _ in range(4)]
+    line = f"load users {','.join(FLEET_KEYS)} 8"  # 4 processes x 8 requests
+    for process in processes:
+        await process.send(line)
+    for process in processes:
+        assert await process.answer() == [f"v{i}" for i in range(200)]
+    loaded = [key for process in processes for key in await process("calls")]
+    assert sorted(loaded) == sorted(FLEET_KEYS)
+
+
+async def test_a_fleet_on_a_cluster_sees_each_others_changes(
+    cluster_fleet: Callable[..., Any], tmp_path: Path
+) -> None:
+    writer = await cluster_fleet()
+    reader = await cluster_fleet("--near", "1000")
+    keys = ",".join(FLEET_KEYS)
+    await writer(f"load users {keys}")
+    assert await reader(f"load users {keys}") == [f"v{i}" for i in range(200)]
+    assert await reader(f"load users {keys}") == [f"v{i}" for i in range(200)]
+    assert await reader("calls") == []  # all from Redis, then near
+    assert await writer("clear users k1") is True
+    assert await writer('prime users k2 "primed"') is True
+    await asyncio.sleep(0.2)  # the pushes (p99 under a millisecond here)
+    assert await reader("load users k1,k2,k3") == ["v1", "primed", "v3"]
+    assert await reader("calls") == ["k1"]
+    assert await writer("clear_all users") is True
+    await asyncio.sleep(0.2)
+    await reader(f"load users {keys}")
+    assert sorted(await reader("calls")) == sorted(["k1", *FLEET_KEYS])
