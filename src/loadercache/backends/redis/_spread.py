@@ -22,6 +22,7 @@ bucket:
 from __future__ import annotations
 
 import asyncio
+from binascii import crc32
 from typing import TYPE_CHECKING, Any, Dict, Hashable, List, Optional, Sequence, Tuple
 
 from loadercache.backends.redis._keys import bucket_of, redis_keys
@@ -85,14 +86,21 @@ class SpreadTier:
         self, keys: Sequence[Hashable], encoded: Optional[Dict[Hashable, bytes]]
     ) -> List[Any]:
         """Every bucket's keys at once: the stored value of each key, or MISS."""
-        groups: Dict[int, Tuple[List[int], List[bytes]]] = {}
-        for i, key in enumerate(keys):
-            if encoded:
+        if encoded:
+            for key in keys:
                 encoded.pop(key, None)  # placed again here
-            bucket, rkey = self._place(key)
-            positions, rkeys = groups.setdefault(bucket, ([], []))
-            positions.append(i)
-            rkeys.append(rkey)
+        # Every key encoded in one call, then placed: a CRC-32 and a
+        # concatenation per key.
+        count = len(self.tiers)
+        bases = self.spread.bases
+        groups: Dict[int, Tuple[List[int], List[bytes]]] = {}
+        for i, segment in enumerate(redis_keys(b"", keys)):
+            bucket = crc32(segment) % count
+            group = groups.get(bucket)
+            if group is None:
+                group = groups[bucket] = ([], [])
+            group[0].append(i)
+            group[1].append(bases[bucket] + segment)
         owner = asyncio.current_task()
         tiers = self.tiers
         reads = [
