@@ -25,7 +25,13 @@ from loadercache.backends.redis._cluster import ClusterLink, first_key
 from loadercache.backends.redis._keys import bucket_of, key_slot, namespace_base
 
 from ...redis_cluster import LocalCluster
-from ...redis_servers import KINDS, delete_prefix, real_redis_url, recorder
+from ...redis_servers import (
+    KINDS,
+    delete_prefix,
+    real_redis_url,
+    recorder,
+    redis_py_clients,
+)
 from .test_leases import Process
 
 
@@ -510,3 +516,25 @@ async def test_a_fleet_on_a_cluster_sees_each_others_changes(
     await asyncio.sleep(0.2)
     await reader(f"load users {keys}")
     assert sorted(await reader("calls")) == sorted(["k1", *FLEET_KEYS])
+
+
+async def test_buckets_spread_a_namespace_through_a_redis_py_cluster_client(
+    shared: LocalCluster,
+) -> None:
+    redis_py_clients()
+    from redis.asyncio.cluster import RedisCluster
+
+    name = prefix()
+    client = RedisCluster(host="127.0.0.1", port=shared.masters()[0].port)
+    store = RedisStore(client, buckets=16, prefix=name, wait_for_writes=True)
+    batch, calls = recorder(value)
+    try:
+        await load_all(store, batch, KEYS)
+        await store.flush()
+        assert await load_all(store, batch, KEYS) == [value(k) for k in KEYS]
+        assert len(calls) == 1  # the second pass came from the cluster
+    finally:
+        await store.aclose()
+        await client.aclose()
+    counts = [count_values(master, name) for master in shared.masters()]
+    assert min(counts) >= len(KEYS) // 5, counts
