@@ -44,6 +44,7 @@ raises ``TypeError``; map it with ``cache_key_fn=``.
 from __future__ import annotations
 
 import binascii
+import functools
 import math
 import uuid
 from typing import Any, Dict, Hashable, List, Optional, Sequence
@@ -148,6 +149,7 @@ def namespace_base(
     )
 
 
+@functools.lru_cache(maxsize=16384)
 def bucket_tag(namespace: str, bucket: int, buckets: int) -> str:
     """The hash tag of *bucket* of *namespace*: ``<bucket>.<salt>:<namespace>``.
 
@@ -155,7 +157,9 @@ def bucket_tag(namespace: str, bucket: int, buckets: int) -> str:
     1/*buckets* of the 16,384 slots, so the buckets of every namespace cover
     the slots evenly, and every node of a cluster whose nodes serve even
     ranges of slots serves an even share of them (CRC16 alone leaves a node
-    with a tenth of a namespace for one name in twenty).
+    with a tenth of a namespace for one name in twenty).  The search costs
+    about *buckets* CRCs per bucket, so tags are remembered (a service with
+    many tenants' namespaces makes them again and again).
 
     >>> bucket_tag("users", 0, 16)
     '0.61:users'
