@@ -131,10 +131,14 @@ class SpreadTier:
         self, items: Sequence[Tuple[Hashable, Any]], encoded: Dict[Hashable, bytes]
     ) -> None:
         """Queue each bucket's freshly loaded items (see ``Tier.write``)."""
+        if encoded:
+            for item in items:
+                encoded.pop(item[0], None)
+        count = len(self.tiers)
         by_bucket: Dict[int, List[Tuple[Hashable, Any]]] = {}
-        for item in items:
-            encoded.pop(item[0], None)
-            by_bucket.setdefault(self._place(item[0])[0], []).append(item)
+        segments = redis_keys(b"", [item[0] for item in items])
+        for item, segment in zip(items, segments):
+            by_bucket.setdefault(crc32(segment) % count, []).append(item)
         queued = False
         for bucket, bucket_items in by_bucket.items():
             queued = self.tiers[bucket].queue(bucket_items, {}) or queued
