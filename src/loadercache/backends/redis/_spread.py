@@ -9,11 +9,13 @@ slot.  A :class:`SpreadTier` has the interface of the store's
 :class:`~loadercache.backends.redis._store.Tier` and splits each call by
 bucket:
 
-* ``read`` reads every bucket of a batch at once, each in a task of its own
-  (the batch's reading is recorded for the batch's own task), so the cluster
-  link sends one round trip per node and the batch waits for the slowest
-  node, not for the sum.  A bucket whose node fails is a batch of misses:
-  only the keys of a failing node go to the batch function.  Only if every
+* ``read`` sends every bucket's read of a batch at once (``Tier.send_read``),
+  so the cluster link sends one round trip per node and the batch waits for
+  the slowest node, not for the sum; the replies are settled in the batch's
+  own task, and only buckets that need more round trips (leases of their
+  misses, refreshes) get tasks of their own, run together.  A bucket whose
+  node fails is a batch of misses: only the keys of a failing node go to the
+  batch function.  Only if every
   bucket fails does the read raise, as one server's read does.
 * ``write``, ``forget``, ``prime``, ``invalidate`` go to the key's bucket;
   ``invalidate_all`` gives every bucket a new generation.
@@ -103,21 +105,54 @@ class SpreadTier:
             group[1].append(bases[bucket] + segment)
         owner = asyncio.current_task()
         tiers = self.tiers
-        reads = [
-            tiers[bucket].read([keys[i] for i in positions], None, rkeys, owner)
+        # Every bucket's read sent now (one write per node), then awaited in
+        # turn: the batch waits for the slowest node, in its own task.
+        sent = [
+            (
+                positions,
+                tiers[bucket],
+                tiers[bucket].send_read([keys[i] for i in positions], rkeys, owner),
+            )
             for bucket, (positions, rkeys) in groups.items()
         ]
-        if len(reads) == 1:
-            answers: List[Any] = [await reads[0]]
-        else:
-            answers = await asyncio.gather(*reads, return_exceptions=True)
+        try:
+            for _, _, read in sent:
+                if type(read) is not list:
+                    await read.wait()  # type: ignore[union-attr]
+        except BaseException:
+            for _, _, read in sent:
+                if type(read) is not list:
+                    read.future.cancel()  # type: ignore[union-attr]
+                    read.abandon()  # type: ignore[union-attr]
+            raise
+        answers: List[Any] = []
+        more: List[int] = []  # reads that need more round trips
+        for _, tier, read in sent:
+            answer: Any = read
+            if type(read) is not list:
+                try:
+                    answer = tier.answered(read)  # type: ignore[arg-type]
+                except RemoteTierError as error:
+                    answer = error
+                if answer is read:
+                    more.append(len(answers))
+            answers.append(answer)
+        if more:
+            completed = await asyncio.gather(
+                *[sent[i][1].complete(answers[i]) for i in more],
+                return_exceptions=True,
+            )
+            for i, answer in zip(more, completed):
+                if isinstance(answer, BaseException) and not isinstance(
+                    answer, RemoteTierError
+                ):
+                    raise answer
+                answers[i] = answer
         values: List[Any] = [MISS] * len(keys)
         failure: Optional[RemoteTierError] = None
         served = False
-        for (positions, _), answer in zip(groups.values(), answers):
-            if isinstance(answer, BaseException):
-                if not isinstance(answer, RemoteTierError):
-                    raise answer
+        for (positions, _, _), answer in zip(sent, answers):
+            if isinstance(answer, RemoteTierError):
                 failure = answer  # its keys are misses
                 continue
             served = True

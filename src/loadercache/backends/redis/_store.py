@@ -98,7 +98,7 @@ from loadercache.backends.redis._spread import Spread, SpreadTier
 from loadercache.backends.redis._stats import StoreStats
 from loadercache.backends.serializers import MsgpackSerializer, Serializer
 from loadercache.cache import MISS, CacheMap, Leased, Refresh, RemoteTierError, Stale
-from loadercache.tracing import redis_span, start_redis_span
+from loadercache.tracing import start_redis_span
 
 if TYPE_CHECKING:
     from loadercache.backends.redis._cache_map import RedisCacheMap
@@ -1330,6 +1330,75 @@ def _complete(future: Optional[asyncio.Future[None]]) -> None:
         future.set_result(None)
 
 
+# What a read may answer besides a value or MISS (see answered).
+_UNSETTLED = (LeaseMark, Stale)
+
+
+class _Read:
+    """One read on its way (see Tier.send_read): what it read, for whom, and
+    what came back."""
+
+    __slots__ = (
+        "future",
+        "gen",
+        "health",
+        "keys",
+        "opened",
+        "owner",
+        "raws",
+        "rkeys",
+        "seq",
+        "span",
+        "ticket",
+        "timings",
+        "values",
+    )
+
+    def __init__(
+        self,
+        keys: Sequence[Hashable],
+        rkeys: List[bytes],
+        owner: Optional[asyncio.Task[Any]],
+        health: Health,
+        ticket: int,
+        seq: int,
+    ) -> None:
+        self.keys = keys
+        self.rkeys = rkeys
+        self.owner = owner
+        self.health = health
+        self.ticket = ticket
+        self.seq = seq
+        self.opened = Opened()
+        self.timings: Dict[int, Tuple[int, int]] = {}
+        self.raws: List[Any] = []
+        self.future: Optional[asyncio.Future[Any]] = None
+        self.span: Any = None
+        self.gen: Optional[bytes] = None
+        self.values: List[Any] = []
+
+    async def wait(self) -> None:
+        """Wait for the reply; its failure is for Tier.answered to raise.
+
+        If the waiting task is cancelled, so is the read (abandoned)."""
+        future = self.future
+        assert future is not None
+        try:
+            await future
+        except asyncio.CancelledError:
+            self.abandon()
+            raise
+        except Exception:
+            pass
+
+    def abandon(self) -> None:
+        """Nobody waits for this read any more (once; not after answered)."""
+        span, self.span = self.span, None
+        if span is not None:
+            span.end()
+            self.health.abandoned(self.health.reads, self.ticket)
+
+
 class Tier:
     """The store's view of one namespace: what a :class:`RedisCacheMap` calls.
 
@@ -1360,24 +1429,40 @@ class Tier:
         self,
         keys: Sequence[Hashable],
         encoded: Optional[Dict[Hashable, bytes]],
-        rkeys: Optional[List[bytes]] = None,
-        owner: Optional[asyncio.Task[Any]] = None,
     ) -> List[Any]:
         """One round trip: the stored value of each key, or MISS.
 
-        *rkeys* are the keys' Redis keys if the caller has them, and *owner*
-        the task whose batch reads them, if it is not the current task (a
-        spread namespace reads its buckets in tasks of their own).  Raises
-        :class:`~loadercache.RemoteTierError` when Redis fails (the failure is
-        logged once per outage, by the store's health).
+        Raises :class:`~loadercache.RemoteTierError` when Redis fails (the
+        failure is logged once per outage, by the store's health).
         """
+        read = self.send_read(keys, redis_keys(self.namespace.base, keys, encoded))
+        if type(read) is not _Read:
+            return read  # type: ignore[return-value]
+        await read.wait()
+        answer = self.answered(read)
+        if answer is read:
+            return await self.complete(read)
+        return answer  # type: ignore[return-value]
+
+    # A read in three steps, so that a spread namespace (see _spread) can
+    # send every bucket's read at once and settle them in its own task:
+    # send_read (sends; or answers at once), answered (once the reply is
+    # in: the values, or the read itself if it needs more round trips), and
+    # complete (those round trips: refreshes, leases).
+
+    def send_read(
+        self,
+        keys: Sequence[Hashable],
+        rkeys: List[bytes],
+        owner: Optional[asyncio.Task[Any]] = None,
+    ) -> Union[_Read, List[Any]]:
+        """Send the read of *keys* (at *rkeys*) for the batch of task *owner*
+        (default: the current task); or answer it without Redis."""
         store = self.store
         namespace = self.namespace
         stats = store._stats
         count = len(keys)
         stats.read_keys += count
-        if rkeys is None:
-            rkeys = redis_keys(namespace.base, keys, encoded)
         if namespace.new_gen is not None:
             # A clear_all Redis has not confirmed: nothing stored is current.
             stats.misses += count
@@ -1389,49 +1474,83 @@ class Tier:
             stats.skipped += 1
             stats.misses += count
             return [MISS] * count
-        seq = namespace.read_sent()
-        opened = Opened()
-        timings: Dict[int, Tuple[int, int]] = {}
-        raws: List[Any] = []
+        read = _Read(keys, rkeys, owner, health, ticket, namespace.read_sent())
         parse = functools.partial(
             _parse_read,
             store._envelope,
             namespace,
             keys,
             rkeys,
-            opened,
-            timings,
-            raws,
+            read.opened,
+            read.timings,
+            read.raws,
             store._near,
         )
-        try:
-            with redis_span("get_many", count) as span:
-                gen, values = await store._link.request(
-                    [(b"MGET", namespace.gen_key, *rkeys)], parse
-                )
-                if store._near is not None:
-                    _near_attributes(span, store)
-        except Exception as error:
+        read.span = start_redis_span("get_many", count)
+        read.future = store._link.request([(b"MGET", namespace.gen_key, *rkeys)], parse)
+        return read
+
+    def answered(self, read: _Read) -> Union[_Read, List[Any]]:
+        """The answer to *read*, whose reply is in: its values, or *read* if
+        it needs :meth:`complete`.  Raises RemoteTierError if Redis failed."""
+        store = self.store
+        namespace = self.namespace
+        stats = store._stats
+        health = read.health
+        future = read.future
+        span, read.span = read.span, None
+        assert future is not None and future.done() and span is not None
+        if store._near is not None:
+            _near_attributes(span, store)
+        span.end()
+        if future.cancelled():  # by nobody of ours: a failed read
+            health.abandoned(health.reads, read.ticket)
+            stats.misses += len(read.keys)
+            raise RemoteTierError("Redis read failed: it was cancelled")
+        error = future.exception()
+        if error is not None and not isinstance(error, Exception):
+            health.abandoned(health.reads, read.ticket)
+            raise error
+        if error is not None:
             stats.errors += 1
-            stats.misses += count
-            store._decode_errors(namespace, opened)  # a value of another key
+            stats.misses += len(read.keys)
+            store._decode_errors(namespace, read.opened)  # a value of another key
             if isinstance(error, RoundTripError):
                 stats.timeouts += error.reason == "timeout"
                 stats.unusable_replies += error.reason == "unusable"
-            health.failed(health.reads, ticket, error)
+            health.failed(health.reads, read.ticket, error)
             raise RemoteTierError(f"Redis read failed: {error}") from error
-        except BaseException:
-            health.abandoned(health.reads, ticket)
-            raise
-        health.succeeded(health.reads, ticket)
+        health.succeeded(health.reads, read.ticket)
         stats.reads += 1
-        store._decode_errors(namespace, opened)
-        namespace.read_answered(seq, gen)
-        if timings:
-            await self._timed(values, rkeys, raws, timings, gen, seq)
+        store._decode_errors(namespace, read.opened)
+        read.gen, read.values = future.result()
+        values = read.values
+        namespace.read_answered(read.seq, read.gen)
+        # The keys Redis did not answer with a current value (one pass).
+        pending = [
+            i for i, v in enumerate(values) if v is MISS or type(v) in _UNSETTLED
+        ]
+        if read.timings or (pending and store._leasing()):
+            return read
+        for i in pending:
+            if type(values[i]) is LeaseMark:
+                values[i] = MISS  # leased by a store that waits; this one loads
+        return self._settled(read, {}, pending, 0)
+
+    async def complete(self, read: _Read) -> List[Any]:
+        """The round trips an answered *read* still needs: refreshes ahead,
+        stale values, leases of its misses and waits for others' leases."""
+        store = self.store
+        values = read.values
+        if read.timings:
+            await self._timed(
+                values, read.rkeys, read.raws, read.timings, read.gen, read.seq
+            )
         leases: Dict[bytes, bytes] = {}
         if store._leasing():
-            gen = await self._lease(values, rkeys, gen, leases, opened)
+            read.gen = await self._lease(
+                values, read.rkeys, read.gen, leases, read.opened
+            )
         else:
             for i, value in enumerate(values):
                 if type(value) is LeaseMark:
@@ -1440,16 +1559,32 @@ class Tier:
             i for i, value in enumerate(values) if value is MISS or type(value) is Stale
         ]
         waits = sum(type(value) is Leased for value in values)
+        return self._settled(read, leases, missed, waits)
+
+    def _settled(
+        self,
+        read: _Read,
+        leases: Dict[bytes, bytes],
+        missed: List[int],
+        waits: int,
+    ) -> List[Any]:
+        # The read's answer: count it, and remember what the batch may write.
+        store = self.store
+        stats = store._stats
+        values = read.values
+        keys = read.keys
+        rkeys = read.rkeys
+        count = len(keys)
         stats.hits += count - len(missed) - waits
         stats.misses += len(missed) + waits
         if missed:
             self._remember(
-                gen,
+                read.gen,
                 [keys[i] for i in missed],
                 [rkeys[i] for i in missed],
-                seq,
+                read.seq,
                 leases,
-                owner,
+                read.owner,
             )
         elif leases:
             store._leases.release(list(leases))  # type: ignore[union-attr]
