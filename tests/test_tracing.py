@@ -203,6 +203,21 @@ async def test_redis_map_round_trips_are_traced(spans: Spans) -> None:
     assert sizes == [2, 1]  # only the Redis misses reach the batch function
 
 
+async def test_a_failed_redis_read_is_marked_on_its_span(spans: Spans) -> None:
+    redis_backend = pytest.importorskip("loadercache.backends.redis")
+
+    async def fetch_users(ids: List[int]) -> List[str]:
+        return [f"user {i}" for i in ids]
+
+    # Nothing listens on port 1: the read fails, the loads are loaded.
+    store = redis_backend.RedisStore("redis://127.0.0.1:1", timeout=0.5)
+    users = DataLoader(fetch_users, cache_map=store.cache_map("users"))
+    assert await users.load_many([1]) == ["user 1"]
+    await store.aclose()
+    (read,) = spans.finished("loadercache.redis.get_many")
+    assert (read.attributes or {})["error.type"] == "RoundTripError"
+
+
 # -- no cost when opentelemetry is absent ----------------------------------
 
 

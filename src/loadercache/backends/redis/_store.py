@@ -1502,12 +1502,18 @@ class Tier:
         assert future is not None and future.done() and span is not None
         if store._near is not None:
             _near_attributes(span, store)
+        error = None if future.cancelled() else future.exception()
+        if future.cancelled() or error is not None:
+            # (The span is not current while it waits, so nothing records
+            # the failure on it but this.)
+            span.set_attribute(
+                "error.type", "cancelled" if error is None else type(error).__name__
+            )
         span.end()
         if future.cancelled():  # by nobody of ours: a failed read
             health.abandoned(health.reads, read.ticket)
             stats.misses += len(read.keys)
             raise RemoteTierError("Redis read failed: it was cancelled")
-        error = future.exception()
         if error is not None and not isinstance(error, Exception):
             health.abandoned(health.reads, read.ticket)
             raise error
