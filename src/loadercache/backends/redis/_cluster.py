@@ -40,7 +40,13 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 from loadercache.backends.redis._keys import key_slot
-from loadercache.backends.redis._link import Address, Command, Link, RoundTripError
+from loadercache.backends.redis._link import (
+    Address,
+    Command,
+    Link,
+    RoundTripError,
+    Unusable,
+)
 from loadercache.backends.redis._resp import ReplyError
 
 __all__ = ["MAX_REDIRECTS", "ClusterLink", "first_key"]
@@ -388,8 +394,6 @@ def _address(text: str) -> Optional[Node]:
 def _parse_slots(asked: Node, replies: List[Any]) -> List[Optional[Node]]:
     """The slot map in a ``CLUSTER SLOTS`` reply (a node that names no host
     is the one asked)."""
-    from loadercache.backends.redis._link import Unusable
-
     (ranges,) = replies
     if isinstance(ranges, ReplyError) or not isinstance(ranges, list):
         raise Unusable(f"CLUSTER SLOTS answered {ranges!r}")
