@@ -32,7 +32,7 @@ from ...redis_servers import (
     recorder,
     redis_py_clients,
 )
-from .test_leases import Process
+from .test_leases import Process, stampede
 
 
 @pytest.fixture(scope="module", params=KINDS)
@@ -183,9 +183,11 @@ async def test_clear_prime_clear_all_and_leases_reach_the_other_store(
 
 
 async def _until(check: Any, what: str, seconds: float = 3.0) -> None:
+    """Wait until *check()* (a bool, or an awaitable of one) holds."""
     deadline = time.monotonic() + seconds
     for _ in range(1000):
-        if await check():
+        held = check()
+        if await held if asyncio.iscoroutine(held) else held:
             return
         assert time.monotonic() < deadline, f"not within {seconds} s: {what}"
         await asyncio.sleep(0.01)
@@ -246,7 +248,7 @@ async def test_a_near_cache_tracks_every_node(shared: LocalCluster) -> None:
         with cluster.masters()[0].client() as client:
             client.execute_command("CLIENT", "KILL", "TYPE", "normal")
         await _until(
-            lambda: asyncio.sleep(0, near.stats.near_flushes > flushes),
+            lambda: near.stats.near_flushes > flushes,
             "the near cache flushed",
         )
         assert near.stats.near_size == 0
@@ -296,13 +298,18 @@ async def _load_through(
     return {"during": during, "rounds": rounds}
 
 
-async def test_a_failover_mid_load_loses_nothing(cluster: LocalCluster) -> None:
+async def warm_store(cluster: LocalCluster, keys: List[int]) -> RedisStore:
+    """A store whose namespace holds *keys* (breakers that retry soon)."""
     store = make_store(cluster, prefix(), breaker_cooldown=0.2)
-    batch, _ = recorder(value)
+    await load_all(store, recorder(value)[0], keys)
+    await store.flush()
+    return store
+
+
+async def test_a_failover_mid_load_loses_nothing(cluster: LocalCluster) -> None:
     keys = KEYS[:600]
+    store = await warm_store(cluster, keys)
     try:
-        await load_all(store, batch, keys)
-        await store.flush()
         victim = cluster.masters()[0]
         owner = masters_of(store, cluster, keys)
         replica = cluster.replica_of(victim)
@@ -317,12 +324,9 @@ async def test_a_failover_mid_load_loses_nothing(cluster: LocalCluster) -> None:
 
 
 async def test_a_killed_master_costs_only_its_keys(cluster: LocalCluster) -> None:
-    store = make_store(cluster, prefix(), breaker_cooldown=0.2)
-    batch, _ = recorder(value)
     keys = KEYS[:600]
+    store = await warm_store(cluster, keys)
     try:
-        await load_all(store, batch, keys)
-        await store.flush()
         victim = cluster.masters()[0]
         owner = masters_of(store, cluster, keys)
         with victim.client() as client:
@@ -487,13 +491,8 @@ FLEET_KEYS = [f"k{i}" for i in range(200)]
 async def test_a_fleet_on_a_cluster_loads_each_key_once(
     cluster_fleet: Callable[..., Any],
 ) -> None:
-    processes = [await cluster_fleet() for _ in range(4)]
-    line = f"load users {','.join(FLEET_KEYS)} 8"  # 4 processes x 8 requests
-    for process in processes:
-        await process.send(line)
-    for process in processes:
-        assert await process.answer() == [f"v{i}" for i in range(200)]
-    loaded = [key for process in processes for key in await process("calls")]
+    processes = [await cluster_fleet() for _ in range(4)]  # x 8 requests
+    loaded = await stampede(processes, FLEET_KEYS)
     assert sorted(loaded) == sorted(FLEET_KEYS)
 
 
