@@ -24,12 +24,8 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import re
-import subprocess
 import sys
-import tempfile
 import uuid
-from pathlib import Path
 from typing import Any, Dict, List
 
 MODES = ("dict", "redis", "near", "aiodataloader")
@@ -88,30 +84,10 @@ async def _client(mode: str, requests: int) -> None:
             await _call(app, "/users", query)
 
 
-def _instructions(mode: str, requests: int, out: Path, prefix: str) -> int:
-    env = dict(os.environ, LCBENCH_PREFIX=prefix)
-    command = [
-        "valgrind",
-        "--tool=callgrind",
-        f"--callgrind-out-file={out}",
-        sys.executable,
-        "-m",
-        "benchmarks.app_cpu",
-        "--client",
-        mode,
-        str(requests),
-    ]
-    subprocess.run(command, check=True, capture_output=True, timeout=900, env=env)
-    match = re.search(r"^summary: (\d+)", out.read_text(errors="replace"), re.M)
-    if match is None:
-        raise RuntimeError(f"no instruction total in {out}")
-    return int(match.group(1))
-
-
 def main() -> None:
+    from benchmarks.instructions import callgrind
     from benchmarks.redis_tier import delete_prefix
 
-    directory = Path(tempfile.mkdtemp(prefix="lc-app-cpu-"))
     prefix = f"lcappcpu-{uuid.uuid4().hex[:8]}"
     print(
         f"instructions per request (callgrind), {IDS_PER_REQUEST} ids of "
@@ -120,8 +96,11 @@ def main() -> None:
     costs: Dict[str, float] = {}
     try:
         for mode in MODES:
-            few = _instructions(mode, 100, directory / f"{mode}.few", prefix)
-            many = _instructions(mode, 300, directory / f"{mode}.many", prefix)
+            env = dict(os.environ, LCBENCH_PREFIX=prefix)
+            few, many = (
+                callgrind("benchmarks.app_cpu", "--client", mode, str(n), env=env)
+                for n in (100, 300)
+            )
             costs[mode] = (many - few) / 200
             print(
                 f"  {mode:<14} {costs[mode]:>12,.0f}   "

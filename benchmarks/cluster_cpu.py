@@ -16,12 +16,11 @@ redis-server; takes about three minutes.
 from __future__ import annotations
 
 import asyncio
-import re
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+CLIENT = "benchmarks.cluster_cpu"
 KEYS = 10_000
 BATCH = 1_000
 
@@ -47,29 +46,9 @@ async def _client(url: str, buckets: int, passes: int) -> None:
     await store.aclose()
 
 
-def _instructions(url: str, buckets: int, passes: int, out: Path) -> int:
-    command = [
-        "valgrind",
-        "--tool=callgrind",
-        f"--callgrind-out-file={out}",
-        sys.executable,
-        "-m",
-        "benchmarks.cluster_cpu",
-        "--client",
-        url,
-        str(buckets),
-        str(passes),
-    ]
-    subprocess.run(command, check=True, capture_output=True, timeout=900)
-    text = out.read_text(errors="replace")
-    match = re.search(r"^(?:summary|totals): (\d+)", text, re.MULTILINE)
-    if match is None:
-        raise RuntimeError(f"no instruction total in {out}")
-    return int(match.group(1))
-
-
 def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.instructions import callgrind
     from tests.redis_cluster import LocalCluster
 
     directory = Path(tempfile.mkdtemp(prefix="lc-cluster-cpu-"))
@@ -78,8 +57,10 @@ def main() -> None:
     try:
         print("client instructions per warm load (callgrind), 3-master cluster")
         for buckets in (1, 16):
-            one = _instructions(cluster.seed_url, buckets, 1, directory / "one")
-            three = _instructions(cluster.seed_url, buckets, 3, directory / "three")
+            one, three = (
+                callgrind(CLIENT, "--client", cluster.seed_url, str(buckets), str(n))
+                for n in (1, 3)
+            )
             per_key = (three - one) / (2 * KEYS)
             print(f"  buckets={buckets:<3} {per_key:,.0f} instructions per key")
     finally:

@@ -31,7 +31,7 @@ if __package__ in (None, ""):
 from benchmarks.contenders import FLOOR, PEERS, BatchCounter, Contender, batch_fn
 from benchmarks.scenarios import Sizes, distinct_keys, load_many
 
-__all__ = ["count", "main"]
+__all__ = ["callgrind", "count", "main"]
 
 #: Scenario -> (title, the two sizes whose difference is measured).  For 2
 #: the size is the number of rounds of 10,000 hits after the keys are cached.
@@ -70,8 +70,12 @@ def _loads(scenario: str, size: int) -> int:
     return size * HIT_KEYS if scenario == "2" else size
 
 
-def _instructions(scenario: str, contender: Contender, size: int) -> int:
-    """Instructions of one child process running the workload once."""
+def callgrind(module: str, *args: str, env: Optional[Dict[str, str]] = None) -> int:
+    """Instructions of one ``python -m <module> <args>`` under callgrind.
+
+    Also for the other benchmarks that count instructions
+    (:mod:`benchmarks.cluster_cpu`, :mod:`benchmarks.app_cpu`).
+    """
     done = subprocess.run(
         [
             "valgrind",
@@ -79,23 +83,28 @@ def _instructions(scenario: str, contender: Contender, size: int) -> int:
             "--callgrind-out-file=/dev/null",
             sys.executable,
             "-m",
-            "benchmarks.instructions",
-            "--child",
-            scenario,
-            contender.name,
-            str(size),
+            module,
+            *args,
         ],
         capture_output=True,
         text=True,
         cwd=Path(__file__).resolve().parent.parent,
+        env=env,
         check=False,
     )
     found = _COLLECTED.search(done.stderr)
     if done.returncode != 0 or found is None:
         raise RuntimeError(
-            f"callgrind run of {contender.name} failed:\n{done.stderr[-2000:]}"
+            f"callgrind run of {module} {' '.join(args)} failed:\n{done.stderr[-2000:]}"
         )
     return int(found.group(1))
+
+
+def _instructions(scenario: str, contender: Contender, size: int) -> int:
+    """Instructions of one child process running the workload once."""
+    return callgrind(
+        "benchmarks.instructions", "--child", scenario, contender.name, str(size)
+    )
 
 
 def count(scenario: str, contender: Contender) -> float:
