@@ -17,7 +17,7 @@ from loadercache import (
     RemoteTier,
 )
 from loadercache.backends import DictCacheMap, LRUCacheMap, TTLCacheMap
-from loadercache.cache import Refresh, Stale, as_cache_map
+from loadercache.cache import Leased, Refresh, Stale, Takeover, as_cache_map
 
 from .conftest import CacheMapFactory
 
@@ -406,3 +406,90 @@ async def test_a_failed_refresh_is_logged_at_debug_and_changes_nothing(
     assert calls == [[1]] and stored == []
     assert "refresh-ahead batch failed" in caplog.text
     assert await loader.load(1) == "old 1"
+
+
+# -- Leased and Takeover -------------------------------------------------------
+
+
+def leased_loaders(
+    count: int, wait: "asyncio.Future[Any]"
+) -> Tuple[List[DataLoader[Any, Any]], Calls]:
+    """*count* loaders whose tier answers key 1 with Leased(wait) once, then MISS."""
+    calls: Calls = []
+
+    async def batch_load(keys: List[Any]) -> List[Any]:
+        calls.append(list(keys))
+        return [f"v{key}" for key in keys]
+
+    loaders = []
+    for _ in range(count):
+        remote = FakeRemote({1: Leased(wait)})
+        original = remote.get_many
+
+        async def get_many(
+            keys: Sequence[Hashable], remote: FakeRemote = remote, read: Any = original
+        ) -> Sequence[Any]:
+            found = await read(keys)
+            remote.store.clear()  # leased only on the first read
+            return found
+
+        remote.get_many = get_many  # type: ignore[method-assign]
+        loaders.append(DataLoader(batch_load, cache_map=remote))
+    return loaders, calls
+
+
+async def test_a_leased_key_takes_the_value_its_wait_completes_with() -> None:
+    wait = asyncio.get_running_loop().create_future()
+    (loader,), calls = leased_loaders(1, wait)
+    load = loader.load(1)
+    await asyncio.sleep(0.01)
+    assert not load.done()
+    wait.set_result("theirs")
+    assert await load == "theirs"
+    assert calls == []
+    assert loader.stats.remote_hits == 1
+
+
+async def test_a_leased_key_whose_wait_ends_in_miss_is_loaded_by_every_loader() -> (
+    None
+):
+    wait = asyncio.get_running_loop().create_future()
+    loaders, calls = leased_loaders(3, wait)
+    loads = [loader.load(1) for loader in loaders]
+    await asyncio.sleep(0.01)
+    wait.set_result(MISS)
+    assert await asyncio.gather(*loads) == ["v1"] * 3
+    assert calls == [[1]] * 3
+
+
+async def test_a_takeover_is_loaded_by_the_one_load_that_claims_it() -> None:
+    wait = asyncio.get_running_loop().create_future()
+    after = asyncio.get_running_loop().create_future()
+    loaders, calls = leased_loaders(3, wait)
+    loads = [loader.load(1) for loader in loaders]
+    await asyncio.sleep(0.01)
+    takeover = Takeover(after)
+    wait.set_result(takeover)
+    for _ in range(100):
+        if calls:
+            break
+        await asyncio.sleep(0.001)
+    assert calls == [[1]]  # one claimed it
+    assert [load.done() for load in loads].count(True) == 1
+    assert not takeover.claim()
+    after.set_result("v1")  # as the tier does, once the claimer's read answers
+    assert await asyncio.gather(*loads) == ["v1"] * 3
+    assert calls == [[1]]
+
+
+async def test_a_cancelled_load_does_not_claim_a_takeover() -> None:
+    wait = asyncio.get_running_loop().create_future()
+    after = asyncio.get_running_loop().create_future()
+    loaders, calls = leased_loaders(2, wait)
+    first, second = (loader.load(1) for loader in loaders)
+    await asyncio.sleep(0.01)
+    first.cancel()
+    wait.set_result(Takeover(after))
+    assert await asyncio.wait_for(second, 5) == "v1"
+    assert calls == [[1]]  # the live load claimed it, and loaded it
+    assert not after.done()

@@ -15,6 +15,7 @@ from loadercache.cache import (
     RemoteTier,
     RemoteTierError,
     Stale,
+    Takeover,
 )
 from loadercache.loader import SPEEDUPS, BatchLoadFn, DataLoader
 from loadercache.registry import Loaders, current_loaders, loader_property, use_loaders
@@ -34,6 +35,7 @@ __all__ = [
     "RemoteTier",
     "RemoteTierError",
     "Stale",
+    "Takeover",
     "__version__",
     "current_loaders",
     "loader_property",

@@ -37,7 +37,8 @@ batch:
    of these was ever written there.
 
 Instead of a value or :data:`MISS`, ``get_many`` may answer a key with
-:class:`Leased` (another loader is loading it: wait for its value),
+:class:`Leased` (another loader is loading it: wait for its value; the wait
+may end in a :class:`Takeover`, which one waiting load claims and loads),
 :class:`Stale` (load it, and serve this value if the load fails) or
 :class:`Refresh` (serve this value, and reload it in the background).
 
@@ -85,6 +86,7 @@ __all__ = [
     "RemoteTier",
     "RemoteTierError",
     "Stale",
+    "Takeover",
     "as_cache_map",
 ]
 
@@ -125,8 +127,10 @@ class Leased:
     that load is written back, or with :data:`MISS` if it never is (the other
     loader failed, or took too long): the loader then loads the key itself,
     in a batch of its own.  Waiting runs alongside the batch function's call
-    for the batch's other keys.  A tier that never answers ``Leased`` needs
-    nothing of this.
+    for the batch's other keys.  Instead of MISS it may complete with a
+    :class:`Takeover`, when many loads (of many loaders) wait for the key at
+    once: one of them loads it, and the others wait for that load.  A tier
+    that never answers ``Leased`` needs nothing of this.
 
     >>> async def value_later(): return {"id": 7}
     >>> Leased(value_later())
@@ -140,6 +144,38 @@ class Leased:
 
     def __repr__(self) -> str:
         return "Leased(...)"
+
+
+class Takeover:
+    """What a :class:`Leased` wait may complete with: load it, one of you.
+
+    The other loader failed or took too long, and every load that waited for
+    the key gets this same object.  Each load still pending calls
+    :meth:`claim`: the first gets True and loads the key in a batch of its
+    own (as for :data:`MISS`), the others get False and wait for
+    *awaitable*, which completes as a :class:`Leased` wait does: with that
+    load's value, or with MISS or another Takeover if it fails.  A thousand
+    waiting loads of a key then cost one read, one lease and one call of a
+    batch function, not a thousand reads and leases.
+
+    >>> takeover = Takeover(asyncio.get_running_loop().create_future())
+    >>> takeover.claim(), takeover.claim()
+    (True, False)
+    """
+
+    __slots__ = ("_claimed", "awaitable")
+
+    def __init__(self, awaitable: Awaitable[Any]) -> None:
+        self.awaitable: Awaitable[Any] = awaitable
+        self._claimed = False
+
+    def claim(self) -> bool:
+        """True for the first load to ask (it loads the key), then False."""
+        claimed, self._claimed = self._claimed, True
+        return not claimed
+
+    def __repr__(self) -> str:
+        return f"Takeover(claimed={self._claimed})"
 
 
 class Stale:

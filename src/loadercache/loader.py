@@ -79,6 +79,7 @@ from loadercache.cache import (
     RemoteTier,
     RemoteTierError,
     Stale,
+    Takeover,
     as_cache_map,
 )
 from loadercache.gathering import Gathering
@@ -808,7 +809,10 @@ class DataLoader(_LoaderCore, Generic[K, V]):
             value = waiting.result()
         if future.done():
             self._forget(cache_key, future)  # cancelled by its caller meanwhile
-        elif value is MISS:
+        elif type(value) is Takeover and not value.claim():
+            # Another load waiting for the key loads it: wait for that one.
+            self._wait_for(Leased(value.awaitable), key, cache_key, future)
+        elif value is MISS or type(value) is Takeover:
             # The other load failed or took too long: load it here, in a
             # batch of this loader's own (which asks the tier again).
             self._counts.remote_misses += 1

@@ -41,6 +41,7 @@ from loadercache import (
     RemoteTier,
     RemoteTierError,
     Stale,
+    Takeover,
     __version__,
     current_loaders,
     loader_property,
@@ -198,6 +199,14 @@ def leased_elsewhere() -> Leased:
     answer = Leased(asyncio.sleep(0, result="loaded elsewhere"))
     assert_type(answer.awaitable, Awaitable[Any])
     return answer
+
+
+def handed_over() -> Takeover:
+    # What a Leased wait may complete with: the first to claim it loads it.
+    takeover = Takeover(asyncio.sleep(0, result="loaded by the claimer"))
+    assert_type(takeover.claim(), bool)
+    assert_type(takeover.awaitable, Awaitable[Any])
+    return takeover
 
 
 def stale_and_refreshed() -> Tuple[Stale, Refresh]:

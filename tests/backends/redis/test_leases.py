@@ -223,6 +223,102 @@ async def test_a_killed_holder_is_taken_over_when_its_lease_expires(
         await store.aclose()
 
 
+async def test_requests_waiting_for_a_killed_holder_take_over_in_one_read(
+    server: RedisServer, fleet: Callable[..., Any], tmp_path: Path
+) -> None:
+    started = tmp_path / "started"
+    holder = await fleet(
+        "--delay", "60", "--started", str(started), "--lease-ttl", "0.5"
+    )
+    keys = [f"k{i}" for i in range(50)]
+    await holder.send(f"load users {','.join(keys)}")
+    await wait_for_file(started)
+    calls: List[List[str]] = []
+
+    async def batch_load(batch: List[str]) -> List[str]:
+        calls.append(list(batch))
+        return [f"taken {key}" for key in batch]
+
+    store = RedisStore(server.url, lease_ttl=0.5)
+    try:
+        loads = [
+            DataLoader(batch_load, cache_map=store.cache_map("users")).load_many(keys)
+            for _ in range(20)
+        ]
+        await asyncio.sleep(0.3)
+        assert store.stats.lease_waits == 20 * 50
+        holder.kill()
+        server.reset_stats()
+        results = await asyncio.wait_for(asyncio.gather(*loads), 5)
+        assert results == [[f"taken {key}" for key in keys]] * 20
+        assert [sorted(call) for call in calls] == [sorted(keys)]
+        # Handed over once per process, not once per waiting request: the
+        # expiry's reads, then one read and one lease for the whole batch
+        # (and the fenced write, a script on Redis 7), not 20 of each.
+        counted = server.command_calls()
+        scripts = counted.get("evalsha", 0) + counted.get("eval", 0)
+        assert counted.get("mget", 0) < 10, counted
+        assert scripts < 10, counted
+        assert store.stats.lease_takeovers == 50
+    finally:
+        await store.aclose()
+
+
+async def test_a_takeover_claimed_by_a_load_cancelled_before_its_read_is_not_lost(
+    server: RedisServer,
+) -> None:
+    gate = asyncio.Event()
+
+    async def failing(keys: List[int]) -> List[Any]:
+        await gate.wait()
+        raise RuntimeError("the database is down")
+
+    async def working(keys: List[int]) -> List[str]:
+        return [f"v{key}" for key in keys]
+
+    delay = [0.0]
+    loop = asyncio.get_running_loop()
+
+    def schedule(callback: Callable[[], None]) -> None:
+        loop.call_later(delay[0], callback)
+
+    holder = RedisStore(server.url, lease_ttl=30)
+    # Its own leases last 30 s too: so would a claim nobody ever reads.
+    waiter = RedisStore(server.url, lease_ttl=30)
+    try:
+        doomed = DataLoader(failing, cache_map=holder.cache_map("users")).load(1)
+        await asyncio.sleep(0.1)
+        claimer = DataLoader(
+            working, cache_map=waiter.cache_map("users"), batch_schedule_fn=schedule
+        )
+        first = claimer.load(1)
+        await asyncio.sleep(0.05)
+        others = [
+            DataLoader(working, cache_map=waiter.cache_map("users")).load(1)
+            for _ in range(3)
+        ]
+        await asyncio.sleep(0.1)
+        assert waiter.stats.lease_waits == 4
+        delay[0] = 0.2  # the claimer's next batch reads late
+        gate.set()
+        with pytest.raises(RuntimeError):
+            await doomed
+        for _ in range(500):
+            if waiter.stats.lease_takeovers:
+                break
+            await asyncio.sleep(0.002)
+        assert waiter.stats.lease_takeovers == 1
+        await asyncio.sleep(0.02)  # the loads have seen it; the first claimed it
+        assert not first.done()
+        first.cancel()  # and so never reads it
+        started = time.monotonic()
+        assert await asyncio.wait_for(asyncio.gather(*others), 5) == ["v1"] * 3
+        assert time.monotonic() - started < 2
+    finally:
+        await holder.aclose()
+        await waiter.aclose()
+
+
 async def test_a_failed_batch_frees_its_keys_at_once(
     server: RedisServer,
 ) -> None:

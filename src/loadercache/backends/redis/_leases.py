@@ -21,8 +21,15 @@ pushes an invalidation the moment any of them changes (filled, cleared,
 deleted), upon which it reads them again.  No polling.  A wait ends
 with the value; or, when the key turns out free (its holder failed and
 released it, or died and its lease expired) or after ``lease_wait`` seconds,
-with :data:`~loadercache.cache.MISS`: this process then loads the key
-itself, leasing it first.
+with a :class:`~loadercache.cache.Takeover`: this process then loads the key
+itself, leasing it first.  Once per process, not once per waiting request:
+every load that waited gets the same Takeover, the first to claim it loads
+the key, and the first read of the key to answer after that (the claimer's,
+as a rule) settles the others, with its value, or with the wait on the lease
+it took or found.  A claim whose load is dropped before its batch reads the
+key (cancelled: the map's ``discard`` tells), or whose read fails, ends in
+MISS, and so does one that no read answers within ``lease_ttl``: every
+waiting load then loads the key itself, as before.
 
 A lease that expires is not a change Redis announces: the key is deleted,
 and the invalidation pushed, only when something reads it or when the
@@ -81,7 +88,7 @@ from loadercache.backends.redis._scripts import (
     Script,
     is_noscript,
 )
-from loadercache.cache import MISS
+from loadercache.cache import MISS, Leased, Refresh, Stale, Takeover
 
 if TYPE_CHECKING:
     from loadercache.backends.redis._store import RedisStore
@@ -122,6 +129,17 @@ class _Wait:
         self.due: Optional[asyncio.TimerHandle] = None
 
 
+class _Claim:
+    """A key handed over (a Takeover): what the loads that did not claim it
+    wait for, until the next read of the key answers."""
+
+    __slots__ = ("deadline", "future")
+
+    def __init__(self, future: asyncio.Future[Any], deadline: asyncio.TimerHandle):
+        self.future = future
+        self.deadline = deadline
+
+
 class Leases:
     """This store's leases, and its waits on other holders' (see the module docs)."""
 
@@ -135,6 +153,8 @@ class Leases:
         self._nonces = itertools.count()
         self.held: Dict[bytes, _Held] = {}
         self.waits: Dict[bytes, _Wait] = {}
+        #: Keys handed over to one of their waiting loads, and not read since.
+        self.claims: Dict[bytes, _Claim] = {}
         # Waited keys to read again (tracked), sent once per loop turn.
         self._rereads: Dict[str, Tuple[Namespace, Set[bytes]]] = {}
         self._reread_handle: Optional[asyncio.Handle] = None
@@ -198,6 +218,7 @@ class Leases:
             held = self.held.pop(rkey, None)
             if held is None:
                 continue
+            self._hand_over(rkey, held.value)
             self._resolve(held.waiters, None)
             entry = by_namespace.setdefault(
                 held.namespace.name, (held.namespace, [], [])
@@ -286,7 +307,7 @@ class Leases:
             if not future.done():
                 future.set_result(payload)
 
-    def _end_wait(self, rkey: bytes, payload: Any) -> None:
+    def _end_wait(self, rkey: bytes, payload: Any, hand_over: bool = True) -> None:
         wait = self.waits.pop(rkey, None)
         if wait is None:
             return
@@ -295,7 +316,63 @@ class Leases:
                 timer.cancel()
         if payload is None:
             self.store._stats.lease_takeovers += 1
+            if hand_over:
+                self._hand_over(rkey, wait.value)
         self._resolve(wait.waiters, payload)
+
+    # -- handing a key over to one of its waiting loads ----------------------
+
+    def _hand_over(self, rkey: bytes, value: Optional[asyncio.Future[Any]]) -> None:
+        # The loads waiting on *value* take the key over: one of them loads
+        # it, the others wait for the next read of it (see the module docs).
+        if value is None or value.done() or rkey in self.claims:
+            return  # (an open claim: those loads get MISS, and read it)
+        loop = value.get_loop()
+        after: asyncio.Future[Any] = loop.create_future()
+        deadline = loop.call_later(self.ttl, self._end_claim, rkey, MISS)
+        self.claims[rkey] = _Claim(after, deadline)
+        value.set_result(Takeover(after))
+
+    def answer_claims(
+        self, rkeys: Sequence[bytes], values: Sequence[Any], leases: Any = ()
+    ) -> None:
+        """A read of *rkeys* answered *values* (having leased *leases*): the
+        loads waiting for a claim of one of those keys get that answer."""
+        claims = self.claims
+        for rkey, value in zip(rkeys, values):
+            if rkey not in claims:
+                continue
+            cls = type(value)
+            if cls is Leased:
+                answer: Any = value.awaitable  # wait on with the claimer
+            elif cls is Refresh:
+                answer = value.value
+            elif value is MISS or cls is Stale:
+                held = self.held.get(rkey) if rkey in leases else None
+                answer = MISS if held is None else self._shared(held)
+            else:
+                answer = value
+            self._end_claim(rkey, answer)
+
+    def fail_claims(self, rkeys: Sequence[bytes]) -> None:
+        """A read of *rkeys* failed, or a load of one of them was dropped:
+        the loads waiting for a claim of one of them load it themselves."""
+        if self.claims:
+            for rkey in rkeys:
+                self._end_claim(rkey, MISS)
+
+    def _end_claim(self, rkey: bytes, answer: Any) -> None:
+        claim = self.claims.pop(rkey, None)
+        if claim is None:
+            return
+        claim.deadline.cancel()
+        future = claim.future
+        if future.done():
+            return
+        if isinstance(answer, asyncio.Future):
+            answer.add_done_callback(functools.partial(_copy_value, future))
+        else:
+            future.set_result(answer)
 
     def _expired(self, rkey: bytes) -> None:
         # Waited long enough: take the key over (the loader loads it, leasing
@@ -403,7 +480,8 @@ class Leases:
                 handle.cancel()
         self._renew_handle = self._reread_handle = None
         for rkey in list(self.waits):
-            self._end_wait(rkey, None)
+            self._end_wait(rkey, None, hand_over=False)
+        self.fail_claims(list(self.claims))
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
 
@@ -432,6 +510,16 @@ class Leases:
                 raise LeaseRefused(str(result))
             return result  # type: ignore[no-any-return]
         raise LeaseRefused("the server has no script and refused its source")
+
+
+def _copy_value(target: asyncio.Future[Any], source: asyncio.Future[Any]) -> None:
+    # A claim's loads wait with the claimer: they get its value, or MISS.
+    if target.done():
+        return
+    if source.cancelled() or source.exception() is not None:
+        target.set_result(MISS)
+    else:
+        target.set_result(source.result())
 
 
 def _decoded(

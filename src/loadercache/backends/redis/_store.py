@@ -1467,12 +1467,14 @@ class Tier:
             # A clear_all Redis has not confirmed: nothing stored is current.
             stats.misses += count
             self._remember(namespace.new_gen, keys, rkeys, 0, {}, owner)
+            self._fail_claims(rkeys)
             return [MISS] * count
         health = store._health_for(namespace.gen_key)
         ticket = health.reads.allow()
         if ticket is None:
             stats.skipped += 1
             stats.misses += count
+            self._fail_claims(rkeys)
             return [MISS] * count
         read = _Read(keys, rkeys, owner, health, ticket, namespace.read_sent())
         parse = functools.partial(
@@ -1510,6 +1512,8 @@ class Tier:
                 "error.type", "cancelled" if error is None else type(error).__name__
             )
         span.end()
+        if error is not None or future.cancelled():
+            self._fail_claims(read.rkeys)
         if future.cancelled():  # by nobody of ours: a failed read
             health.abandoned(health.reads, read.ticket)
             stats.misses += len(read.keys)
@@ -1548,16 +1552,21 @@ class Tier:
         stale values, leases of its misses and waits for others' leases."""
         store = self.store
         values = read.values
-        if read.timings:
-            await self._timed(
-                values, read.rkeys, read.raws, read.timings, read.gen, read.seq
-            )
         leases: Dict[bytes, bytes] = {}
-        if store._leasing():
-            read.gen = await self._lease(
-                values, read.rkeys, read.gen, leases, read.opened
-            )
-        else:
+        try:
+            if read.timings:
+                await self._timed(
+                    values, read.rkeys, read.raws, read.timings, read.gen, read.seq
+                )
+            leasing = store._leasing()
+            if leasing:
+                read.gen = await self._lease(
+                    values, read.rkeys, read.gen, leases, read.opened
+                )
+        except BaseException:
+            self._fail_claims(read.rkeys)  # cancelled
+            raise
+        if not leasing:
             for i, value in enumerate(values):
                 if type(value) is LeaseMark:
                     values[i] = MISS  # leased by a store that waits; this one loads
@@ -1583,6 +1592,9 @@ class Tier:
         count = len(keys)
         stats.hits += count - len(missed) - waits
         stats.misses += len(missed) + waits
+        registry = store._leases
+        if registry is not None and registry.claims:
+            registry.answer_claims(rkeys, values, leases)
         if missed:
             self._remember(
                 read.gen,
@@ -1743,6 +1755,12 @@ class Tier:
                 values[i] = answer  # filled meanwhile, or MISS (undecodable)
         return gen
 
+    def _fail_claims(self, rkeys: Sequence[bytes]) -> None:
+        # Nothing read them: the loads waiting for their claims load them.
+        registry = self.store._leases
+        if registry is not None and registry.claims:
+            registry.fail_claims(rkeys)
+
     def _wait(self, rkey: bytes, mark: LeaseMark) -> Any:
         """The answer for a key another loader is loading: a Leased value."""
         store = self.store
@@ -1778,6 +1796,10 @@ class Tier:
 
     def forget(self, key: Hashable, encoded: Dict[Hashable, bytes]) -> None:
         """A load of *key* failed or was cancelled: release its lease, if any."""
+        registry = self.store._leases
+        if registry is not None and registry.claims:
+            # It may have claimed the key and been dropped before reading it.
+            registry.fail_claims(redis_keys(self.namespace.base, (key,), encoded))
         reading = self.namespace.readings.get(asyncio.current_task())
         if reading is None or not reading.leases:
             return
