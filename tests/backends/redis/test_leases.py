@@ -23,6 +23,7 @@ from loadercache import DataLoader
 from loadercache.backends.redis import RedisStore
 from loadercache.backends.serializers import MsgpackSerializer
 
+from ...proxy import Proxy
 from ...redis_servers import RedisServer
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -221,6 +222,51 @@ async def test_a_killed_holder_is_taken_over_when_its_lease_expires(
         assert store.stats.lease_takeovers == 2
     finally:
         await store.aclose()
+
+
+async def test_a_wait_whose_read_was_slow_still_takes_over_at_expiry(
+    server: RedisServer, fleet: Callable[..., Any], tmp_path: Path
+) -> None:
+    with server.client() as client:
+        # Only the waiter's own timer may notice the expiry.
+        client.execute_command("DEBUG", "SET-ACTIVE-EXPIRE", 0)
+    started = tmp_path / "started"
+    holder = await fleet(
+        "--delay", "60", "--started", str(started), "--lease-ttl", "1.5"
+    )
+    await holder.send("load users k3")
+    await wait_for_file(started)
+    holder.kill()  # before its first renewal: the lease ends 1.5 s after it began
+    proxy = Proxy(server.port)
+    proxy.start()
+    store = RedisStore(proxy.url, lease_ttl=1.5, timeout=2.0)
+    try:
+        with server.client() as client:
+            pttl = client.pttl(store.redis_key("users", "k3"))
+            expires = time.monotonic() + pttl / 1e3
+
+        async def batch_load(keys: List[str]) -> List[str]:
+            return [f"taken {key}" for key in keys]
+
+        warm = DataLoader(batch_load, cache_map=store.cache_map("users"))
+        assert await warm.load("k1") == "taken k1"  # connected
+
+        # The wait's read of the lease's PTTL comes back 0.3 s after Redis
+        # answered it (a slow network, or a loop busy with a stampede).
+        proxy.latency(0.3)
+        load = DataLoader(batch_load, cache_map=store.cache_map("users")).load("k3")
+        for _ in range(200):
+            if store.stats.lease_waits:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.4)
+        proxy.heal()
+        assert await asyncio.wait_for(load, 5) == "taken k3"
+        late = time.monotonic() - expires
+        assert late < 0.15, f"took over {late:.3f} s after the lease expired"
+    finally:
+        await store.aclose()
+        proxy.stop()
 
 
 async def test_requests_waiting_for_a_killed_holder_take_over_in_one_read(

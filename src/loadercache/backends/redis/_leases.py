@@ -417,9 +417,15 @@ class Leases:
                 ],
                 parse,
             )
-            future.add_done_callback(functools.partial(self._reread_done, rkeys))
+            # The PTTLs count from when Redis answered, which is after this,
+            # and may be long before their reply is handled (a loop busy with
+            # a stampede's loads): the timers count from here.
+            sent = asyncio.get_running_loop().time()
+            future.add_done_callback(functools.partial(self._reread_done, rkeys, sent))
 
-    def _reread_done(self, rkeys: List[bytes], future: asyncio.Future[Any]) -> None:
+    def _reread_done(
+        self, rkeys: List[bytes], sent: float, future: asyncio.Future[Any]
+    ) -> None:
         if future.cancelled() or future.exception() is not None:
             # Redis cannot tell: take the keys over, rather than wait blind.
             for rkey in rkeys:
@@ -439,7 +445,7 @@ class Leases:
             if wait.due is not None:
                 wait.due.cancel()
             # Redis expires a key the millisecond after its PTTL runs out.
-            wait.due = loop.call_later((pttl + 1) / 1000, self._lease_due, rkey)
+            wait.due = loop.call_at(sent + (pttl + 1) / 1000, self._lease_due, rkey)
 
     def _schedule_renew(self) -> None:
         if self._renew_handle is None:
