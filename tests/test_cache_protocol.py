@@ -412,7 +412,7 @@ async def test_a_failed_refresh_is_logged_at_debug_and_changes_nothing(
 
 
 def leased_loaders(
-    count: int, wait: "asyncio.Future[Any]"
+    count: int, wait: asyncio.Future[Any]
 ) -> Tuple[List[DataLoader[Any, Any]], Calls]:
     """*count* loaders whose tier answers key 1 with Leased(wait) once, then MISS."""
     calls: Calls = []
@@ -450,9 +450,7 @@ async def test_a_leased_key_takes_the_value_its_wait_completes_with() -> None:
     assert loader.stats.remote_hits == 1
 
 
-async def test_a_leased_key_whose_wait_ends_in_miss_is_loaded_by_every_loader() -> (
-    None
-):
+async def test_a_leased_key_whose_wait_ends_in_miss_is_loaded_by_every_loader() -> None:
     wait = asyncio.get_running_loop().create_future()
     loaders, calls = leased_loaders(3, wait)
     loads = [loader.load(1) for loader in loaders]

@@ -737,7 +737,7 @@ class DataLoader(_LoaderCore, Generic[K, V]):
             else:
                 self._forget(cache_keys[i], futures[i])  # cancelled meanwhile
         for i in leased:
-            self._wait_for(found[i], keys[i], cache_keys[i], futures[i])
+            self._wait_for(found[i].awaitable, keys[i], cache_keys[i], futures[i])
         if refreshes:
             self._refresh(refreshes)
         self._counts.remote_hits += len(found) - len(todo) - len(leased)
@@ -779,7 +779,7 @@ class DataLoader(_LoaderCore, Generic[K, V]):
 
     def _wait_for(
         self,
-        leased: Leased,
+        waiting: Awaitable[Any],
         key: Any,
         cache_key: Hashable,
         future: asyncio.Future[V],
@@ -788,7 +788,6 @@ class DataLoader(_LoaderCore, Generic[K, V]):
 
         Alongside this batch's own call of the batch function, not before it.
         """
-        waiting = leased.awaitable
         if not isinstance(waiting, asyncio.Future):
             # (A future is taken as it is: ensure_future's loop check costs
             # more than the rest of a wait, and a stampede has thousands.)
@@ -811,7 +810,7 @@ class DataLoader(_LoaderCore, Generic[K, V]):
             self._forget(cache_key, future)  # cancelled by its caller meanwhile
         elif type(value) is Takeover and not value.claim():
             # Another load waiting for the key loads it: wait for that one.
-            self._wait_for(Leased(value.awaitable), key, cache_key, future)
+            self._wait_for(value.awaitable, key, cache_key, future)
         elif value is MISS or type(value) is Takeover:
             # The other load failed or took too long: load it here, in a
             # batch of this loader's own (which asks the tier again).
