@@ -185,6 +185,34 @@ async def test_a_prime_is_never_lost_to_a_racing_load(
     assert await reader("calls") == []  # served by Redis
 
 
+async def holding(
+    fleet: Callable[..., Any], tmp_path: Path, keys: List[str], lease_ttl: float
+) -> Process:
+    """A process whose batch function is in flight (for a minute) over *keys*:
+    it holds their leases, for *lease_ttl* seconds at a time."""
+    started = tmp_path / "started"
+    holder = await fleet(
+        "--delay", "60", "--started", str(started), "--lease-ttl", str(lease_ttl)
+    )
+    await holder.send(f"load users {','.join(keys)}")
+    await wait_for_file(started)
+    return holder
+
+
+def failing_until(gate: asyncio.Event) -> Callable[[List[int]], Any]:
+    """A batch function that fails, once *gate* is set."""
+
+    async def failing(keys: List[int]) -> List[Any]:
+        await gate.wait()
+        raise RuntimeError("the database is down")
+
+    return failing
+
+
+async def working(keys: List[int]) -> List[str]:
+    return [f"v{key}" for key in keys]
+
+
 @pytest.mark.parametrize("expire_cycle", [True, False], ids=["cycle", "no-cycle"])
 async def test_a_killed_holder_is_taken_over_when_its_lease_expires(
     server: RedisServer, fleet: Callable[..., Any], tmp_path: Path, expire_cycle: bool
@@ -196,12 +224,7 @@ async def test_a_killed_holder_is_taken_over_when_its_lease_expires(
         # must notice the expiry without it.
         with server.client() as client:
             client.execute_command("DEBUG", "SET-ACTIVE-EXPIRE", 0)
-    started = tmp_path / "started"
-    holder = await fleet(
-        "--delay", "60", "--started", str(started), "--lease-ttl", "0.5"
-    )
-    await holder.send("load users k3,k4")
-    await wait_for_file(started)  # it holds the leases of k3 and k4
+    holder = await holding(fleet, tmp_path, ["k3", "k4"], 0.5)
 
     async def batch_load(keys: List[str]) -> List[str]:
         return [f"taken {key}" for key in keys]
@@ -230,12 +253,7 @@ async def test_a_wait_whose_read_was_slow_still_takes_over_at_expiry(
     with server.client() as client:
         # Only the waiter's own timer may notice the expiry.
         client.execute_command("DEBUG", "SET-ACTIVE-EXPIRE", 0)
-    started = tmp_path / "started"
-    holder = await fleet(
-        "--delay", "60", "--started", str(started), "--lease-ttl", "1.5"
-    )
-    await holder.send("load users k3")
-    await wait_for_file(started)
+    holder = await holding(fleet, tmp_path, ["k3"], 1.5)
     holder.kill()  # before its first renewal: the lease ends 1.5 s after it began
     proxy = Proxy(server.port)
     proxy.start()
@@ -272,13 +290,8 @@ async def test_a_wait_whose_read_was_slow_still_takes_over_at_expiry(
 async def test_requests_waiting_for_a_killed_holder_take_over_in_one_read(
     server: RedisServer, fleet: Callable[..., Any], tmp_path: Path
 ) -> None:
-    started = tmp_path / "started"
-    holder = await fleet(
-        "--delay", "60", "--started", str(started), "--lease-ttl", "0.5"
-    )
     keys = [f"k{i}" for i in range(50)]
-    await holder.send(f"load users {','.join(keys)}")
-    await wait_for_file(started)
+    holder = await holding(fleet, tmp_path, keys, 0.5)
     calls: List[List[str]] = []
 
     async def batch_load(batch: List[str]) -> List[str]:
@@ -314,14 +327,7 @@ async def test_a_takeover_claimed_by_a_load_cancelled_before_its_read_is_not_los
     server: RedisServer,
 ) -> None:
     gate = asyncio.Event()
-
-    async def failing(keys: List[int]) -> List[Any]:
-        await gate.wait()
-        raise RuntimeError("the database is down")
-
-    async def working(keys: List[int]) -> List[str]:
-        return [f"v{key}" for key in keys]
-
+    failing = failing_until(gate)
     delay = [0.0]
     loop = asyncio.get_running_loop()
 
@@ -369,14 +375,7 @@ async def test_a_failed_batch_frees_its_keys_at_once(
     server: RedisServer,
 ) -> None:
     gate = asyncio.Event()
-
-    async def failing(keys: List[int]) -> List[Any]:
-        await gate.wait()
-        raise RuntimeError("the database is down")
-
-    async def working(keys: List[int]) -> List[str]:
-        return [f"v{key}" for key in keys]
-
+    failing = failing_until(gate)
     first = RedisStore(server.url, lease_ttl=30)  # no waiting out its lease
     second = RedisStore(server.url, lease_ttl=30)
     try:
