@@ -61,6 +61,7 @@ from typing import (
     TYPE_CHECKING,
     Any,
     Callable,
+    Container,
     Dict,
     List,
     Optional,
@@ -135,7 +136,9 @@ class _Claim:
 
     __slots__ = ("deadline", "future")
 
-    def __init__(self, future: asyncio.Future[Any], deadline: asyncio.TimerHandle):
+    def __init__(
+        self, future: asyncio.Future[Any], deadline: asyncio.TimerHandle
+    ) -> None:
         self.future = future
         self.deadline = deadline
 
@@ -334,7 +337,7 @@ class Leases:
         value.set_result(Takeover(after))
 
     def answer_claims(
-        self, rkeys: Sequence[bytes], values: Sequence[Any], leases: Any = ()
+        self, rkeys: Sequence[bytes], values: Sequence[Any], leases: Container[bytes]
     ) -> None:
         """A read of *rkeys* answered *values* (having leased *leases*): the
         loads waiting for a claim of one of those keys get that answer."""
