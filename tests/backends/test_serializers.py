@@ -16,7 +16,9 @@ import doctest
 import enum
 import importlib.util
 import math
+import subprocess
 import sys
+import threading
 import uuid
 import zoneinfo
 from datetime import date, datetime, time, timedelta, timezone
@@ -511,6 +513,52 @@ def raw_payload(value: Any) -> bytes:
 def test_corrupt_bytes_raise_deserialization_error(data: bytes) -> None:
     with pytest.raises(DeserializationError):
         MsgpackSerializer().loads(data)
+
+
+def test_a_payload_that_fails_inside_a_container_leaves_no_marker_behind() -> None:
+    # The tuple's marker is made, then the payload ends before its array is
+    # built; the next payloads of the thread are judged on their own.
+    serializer = MsgpackSerializer()
+    with pytest.raises(DeserializationError):
+        serializer.loads(V + b"\x92\xc7\x00\x01")
+    assert serializer.loads(serializer.dumps({"a": [1]})) == {"a": [1]}
+    assert serializer.loads(serializer.dumps((1, 2))) == (1, 2)
+
+
+def test_a_stray_marker_is_refused_in_any_thread() -> None:
+    serializer = MsgpackSerializer()
+    outcomes: list[Any] = []
+
+    def decode() -> None:
+        for data in (raw_payload([1, TUPLE_MARKER]), serializer.dumps((1, (2,)))):
+            try:
+                outcomes.append(serializer.loads(data))
+            except DeserializationError as error:
+                outcomes.append(type(error))
+
+    thread = threading.Thread(target=decode)
+    thread.start()
+    thread.join(10)
+    assert outcomes == [DeserializationError, (1, (2,))]
+
+
+def test_a_stray_marker_is_refused_as_the_first_payload_of_a_process() -> None:
+    # Before any marker is made, loads reads no count: the first one made
+    # must still be seen.
+    script = (
+        "import msgpack\n"
+        "from loadercache.backends.serializers import DeserializationError, "
+        "MsgpackSerializer\n"
+        "try:\n"
+        "    MsgpackSerializer().loads(b'\\x02' + msgpack.packb("
+        "{'k': msgpack.ExtType(1, b'')}))\n"
+        "except DeserializationError:\n"
+        "    print('refused')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout.strip() == "refused", done.stderr
 
 
 def test_every_truncation_of_a_payload_is_rejected() -> None:

@@ -533,7 +533,7 @@ class MsgpackSerializer:
         except (ValueError, RecursionError) as error:
             raise _too_deep(value, error) from error
         payload = _VERSION_PREFIX + packed
-        if b"\xff" in packed and _TIMESTAMP_HEADER.search(packed):
+        if 255 in packed and _TIMESTAMP_HEADER.search(packed):
             try:
                 self.loads(payload)
             except DeserializationError as error:
@@ -554,8 +554,6 @@ class MsgpackSerializer:
         if data[:1] != _VERSION_PREFIX:
             raise DeserializationError(_describe_bad_header(data))
         body = data[1:]
-        state = _local.__dict__
-        state["markers"] = 0
         try:
             value = _unpackb(
                 body,
@@ -563,21 +561,33 @@ class MsgpackSerializer:
                 list_hook=self._list_hook,
                 strict_map_key=False,
             )
-        except DeserializationError:
-            raise
         except Exception as error:
+            if _markers_made:
+                _local.__dict__["markers"] = 0  # what this payload left
+            if isinstance(error, DeserializationError):
+                raise
             raise DeserializationError(
                 f"MsgpackSerializer cannot decode this payload of {len(data)} "
                 f"bytes: {type(error).__name__}: {error}. It is corrupt or "
                 f"truncated, or was written with types this serializer has "
                 f"not registered."
             ) from error
-        if state["markers"]:
-            raise DeserializationError(
-                "The payload holds a container marker that does not start an "
-                "array; it was not written by MsgpackSerializer."
-            )
-        if b"\xff" in body and _TIMESTAMP_HEADER.search(body):
+        # Each marker _decode_ext makes counts up and each container
+        # _decode_list builds from one counts down, in this thread's count:
+        # what is left are markers that did not start an array.  Until a
+        # thread of the process has made one (payloads of dicts, lists and
+        # scalars only), no count needs reading.
+        if _markers_made:
+            state = _local.__dict__
+            if state.get("markers"):
+                state["markers"] = 0
+                raise DeserializationError(
+                    "The payload holds a container marker that does not start "
+                    "an array; it was not written by MsgpackSerializer."
+                )
+        # (255 in body: an int operand is a plain byte search; b"\xff" in
+        # body would first try, and fail, to read its operand as an int.)
+        if 255 in body and _TIMESTAMP_HEADER.search(body):
             _refuse_timestamps(value)
         return value
 
@@ -697,10 +707,13 @@ class MsgpackSerializer:
 
     def _decode_ext(self, code: int, data: bytes) -> Any:
         # msgpack calls this for every extension value it reads.
+        global _markers_made
         if not data:
             entry = self._markers.get(code)
             if entry is not None:
-                _local.markers += 1
+                _markers_made = True  # before the count: loads reads it after
+                state = _local.__dict__
+                state["markers"] = state.get("markers", 0) + 1
                 return entry[0]
         decoder = self._decoders.get(code)
         if decoder is None:
@@ -724,12 +737,15 @@ class MsgpackSerializer:
         marker = items[0]
         if type(marker) is not _Marker:
             return items
-        _local.markers -= 1
+        state = _local.__dict__
+        state["markers"] = state.get("markers", 0) - 1
         return self._markers[marker.code][1](items)
 
 
+# Per thread, the markers made and not yet consumed by a container (see
+# MsgpackSerializer.loads); and whether any thread has made one yet.
 _local = threading.local()
-_local.markers = 0
+_markers_made = False
 
 
 def _container_encoder(code: int) -> Callable[[Any], List[Any]]:
