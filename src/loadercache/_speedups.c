@@ -40,6 +40,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stddef.h>
+#include <stdint.h>
+#include <string.h>
 
 #if PY_VERSION_HEX < 0x030A00F0
 static inline PyObject *
@@ -999,6 +1001,210 @@ module_bulks(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return result;
 }
 
+/* -- _encode: backends/redis/_resp.py's encode, for commands of bytes -- */
+
+PyDoc_STRVAR(encode_doc,
+"_encode($module, command, /)\n--\n\n"
+"The RESP array of bulk strings that *command* (a tuple or list) is, as\n"
+"_resp.encode writes it; None if an argument is not exactly bytes (which\n"
+"encode then converts, or refuses, itself).");
+
+/* The decimal digits of n >= 0 at out; how many. */
+static Py_ssize_t
+write_digits(char *out, Py_ssize_t n)
+{
+    char digits[24];
+    Py_ssize_t count = 0;
+    do {
+        digits[count++] = (char)('0' + n % 10);
+        n /= 10;
+    } while (n > 0);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        out[i] = digits[count - 1 - i];
+    }
+    return count;
+}
+
+static Py_ssize_t
+count_digits(Py_ssize_t n)
+{
+    Py_ssize_t count = 1;
+    while (n >= 10) {
+        n /= 10;
+        count++;
+    }
+    return count;
+}
+
+static PyObject *
+module_encode(PyObject *module, PyObject *command)
+{
+    PyObject *sequence = PySequence_Fast(command, "_encode(command: tuple | list)");
+    if (sequence == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(sequence);
+    PyObject **args = PySequence_Fast_ITEMS(sequence);
+    /* "*<n>\r\n", then "$<len>\r\n<arg>\r\n" per argument. */
+    Py_ssize_t size = 3 + count_digits(n);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!PyBytes_CheckExact(args[i])) {
+            Py_DECREF(sequence);
+            Py_RETURN_NONE;
+        }
+        Py_ssize_t length = PyBytes_GET_SIZE(args[i]);
+        size += 5 + count_digits(length) + length;
+    }
+    PyObject *result = PyBytes_FromStringAndSize(NULL, size);
+    if (result == NULL) {
+        Py_DECREF(sequence);
+        return NULL;
+    }
+    char *out = PyBytes_AS_STRING(result);
+    *out++ = '*';
+    out += write_digits(out, n);
+    *out++ = '\r';
+    *out++ = '\n';
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t length = PyBytes_GET_SIZE(args[i]);
+        *out++ = '$';
+        out += write_digits(out, length);
+        *out++ = '\r';
+        *out++ = '\n';
+        memcpy(out, PyBytes_AS_STRING(args[i]), (size_t)length);
+        out += length;
+        *out++ = '\r';
+        *out++ = '\n';
+    }
+    Py_DECREF(sequence);
+    return result;
+}
+
+/* -- _open_plain: the common values of backends/redis/_envelope.py ------- */
+
+PyDoc_STRVAR(open_plain_doc,
+"_open_plain($module, prefix, header, rkeys, raws, loads, miss, later, /)\n--\n\n"
+"_envelope._open_plain_py, in C: for each raw, *miss* if it is None; the\n"
+"payload (decoded by *loads*, unless *loads* is None) of a raw that starts\n"
+"with *prefix*, is at least *header* bytes long and is bound to its rkey\n"
+"(the big-endian CRC-32 after the prefix); *later* for any other raw, and\n"
+"for one whose loads raised an Exception, which Envelope.open_all then\n"
+"opens (or refuses) itself.  Returns (values, how many are *later*).");
+
+static uint32_t crc_table[256];
+
+static void
+crc_init(void)
+{
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++) {
+            c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        }
+        crc_table[i] = c;
+    }
+}
+
+/* zlib.crc32(data) */
+static uint32_t
+crc32_of(const unsigned char *data, Py_ssize_t length)
+{
+    uint32_t c = 0xFFFFFFFFu;
+    for (Py_ssize_t i = 0; i < length; i++) {
+        c = crc_table[(c ^ data[i]) & 0xFF] ^ (c >> 8);
+    }
+    return c ^ 0xFFFFFFFFu;
+}
+
+static PyObject *
+module_open_plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7 || !PyBytes_Check(args[0]) || !PyList_CheckExact(args[2]) ||
+        !PyList_CheckExact(args[3])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "_open_plain(prefix: bytes, header, rkeys: list, raws: list, "
+                        "loads, miss, later)");
+        return NULL;
+    }
+    PyObject *prefix = args[0];
+    Py_ssize_t header = PyLong_AsSsize_t(args[1]);
+    if (header == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    PyObject *rkeys = args[2], *raws = args[3], *loads = args[4];
+    PyObject *miss = args[5], *later = args[6];
+    const char *want = PyBytes_AS_STRING(prefix);
+    Py_ssize_t prefix_size = PyBytes_GET_SIZE(prefix);
+    if (header < prefix_size + 4) {
+        PyErr_SetString(PyExc_ValueError, "_open_plain: header shorter than prefix + 4");
+        return NULL;
+    }
+    /* (zip: as many as the shorter holds) */
+    Py_ssize_t n = PyList_GET_SIZE(raws);
+    if (PyList_GET_SIZE(rkeys) < n) {
+        n = PyList_GET_SIZE(rkeys);
+    }
+    PyObject *values = PyList_New(n);
+    if (values == NULL) {
+        return NULL;
+    }
+    Py_ssize_t laters = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *value = NULL;
+        if (i >= PyList_GET_SIZE(raws) || i >= PyList_GET_SIZE(rkeys)) {
+            /* Shortened by a loads of ours (never in practice): what is gone
+               is Python's to open, or to fail on. */
+            value = Py_NewRef(later);
+            laters++;
+            PyList_SET_ITEM(values, i, value);
+            continue;
+        }
+        PyObject *raw = PyList_GET_ITEM(raws, i);
+        PyObject *rkey = PyList_GET_ITEM(rkeys, i);
+        if (raw == Py_None) {
+            value = Py_NewRef(miss);
+        }
+        else if (PyBytes_CheckExact(raw) && PyBytes_CheckExact(rkey) &&
+                 PyBytes_GET_SIZE(raw) >= header &&
+                 memcmp(PyBytes_AS_STRING(raw), want, (size_t)prefix_size) == 0) {
+            const unsigned char *bound =
+                (const unsigned char *)PyBytes_AS_STRING(raw) + prefix_size;
+            uint32_t stored = ((uint32_t)bound[0] << 24) | ((uint32_t)bound[1] << 16) |
+                              ((uint32_t)bound[2] << 8) | (uint32_t)bound[3];
+            if (stored == crc32_of((const unsigned char *)PyBytes_AS_STRING(rkey),
+                                   PyBytes_GET_SIZE(rkey))) {
+                PyObject *payload = PyBytes_FromStringAndSize(
+                    PyBytes_AS_STRING(raw) + header, PyBytes_GET_SIZE(raw) - header);
+                if (payload == NULL) {
+                    Py_DECREF(values);
+                    return NULL;
+                }
+                if (loads == Py_None) {
+                    value = payload;
+                }
+                else {
+                    value = PyObject_CallOneArg(loads, payload);
+                    Py_DECREF(payload);
+                    if (value == NULL) {
+                        if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+                            Py_DECREF(values);
+                            return NULL; /* KeyboardInterrupt and the like */
+                        }
+                        PyErr_Clear();
+                    }
+                }
+            }
+        }
+        if (value == NULL) {
+            value = Py_NewRef(later);
+            laters++;
+        }
+        PyList_SET_ITEM(values, i, value);
+    }
+    PyObject *result = Py_BuildValue("(Nn)", values, laters);
+    return result;
+}
+
 /* -- the module --------------------------------------------------------- */
 
 PyDoc_STRVAR(setup_doc,
@@ -1043,6 +1249,9 @@ module_setup(PyObject *module, PyObject *unhashable)
 static PyMethodDef module_methods[] = {
     {"_setup", (PyCFunction)module_setup, METH_O, setup_doc},
     {"_bulks", (PyCFunction)(void (*)(void))module_bulks, METH_FASTCALL, bulks_doc},
+    {"_encode", (PyCFunction)module_encode, METH_O, encode_doc},
+    {"_open_plain", (PyCFunction)(void (*)(void))module_open_plain, METH_FASTCALL,
+     open_plain_doc},
     {NULL},
 };
 
@@ -1064,6 +1273,7 @@ add_type(PyObject *module, const char *name, PyTypeObject *type)
 static int
 speedups_exec(PyObject *module)
 {
+    crc_init();
     /* object.__new__ sets up a subclass instance's inline values. */
     LoaderCore_Type.tp_new = PyBaseObject_Type.tp_new;
     if (PyType_Ready(&CountsCore_Type) < 0 || PyType_Ready(&BatchCore_Type) < 0 ||

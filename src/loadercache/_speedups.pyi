@@ -49,4 +49,15 @@ class NearGet:
 def _bulks(
     buf: bytes, pos: int, count: int, max_bulk: int, /
 ) -> Tuple[List[Optional[bytes]], int]: ...
+def _encode(command: Sequence[Any], /) -> Optional[bytes]: ...
+def _open_plain(
+    prefix: bytes,
+    header: int,
+    rkeys: List[bytes],
+    raws: List[Any],
+    loads: Optional[Callable[[bytes], Any]],
+    miss: Any,
+    later: Any,
+    /,
+) -> Tuple[List[Any], int]: ...
 def _setup(unhashable_error: Callable[[object], Optional[TypeError]], /) -> None: ...

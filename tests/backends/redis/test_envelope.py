@@ -143,3 +143,114 @@ def test_a_timed_value_too_short_for_its_timing_is_corrupt() -> None:
 def test_timing_clamps_what_it_cannot_hold() -> None:
     assert timing(-5, -1) == timing(0, 0)
     assert timing(0, 1 << 40)[8:] == b"\xff" * 4
+
+
+# -- the C fast path (_speedups._open_plain) against the Python it stands in for
+
+
+def _refusing_loads(payload: bytes) -> Any:
+    # A serializer that refuses some payloads: those open_all opens itself.
+    if payload.endswith(b"!"):
+        raise ValueError("refused")
+    return ("decoded", payload)
+
+
+def _raws(token: bytes, keys: List[bytes]) -> Any:
+    from hypothesis import strategies as st
+
+    envelope = Envelope(MsgpackSerializer())
+    sealed = st.builds(
+        lambda i, payload, meta: envelope.seal(
+            token, keys[i % len(keys)], payload, meta
+        ),
+        st.integers(0, 10),
+        st.binary(max_size=12).map(lambda b: b + st_tail(b)),
+        st.sampled_from([b"", timing(1, 2)]),
+    )
+    return st.one_of(
+        st.none(),
+        sealed,
+        sealed.map(lambda raw: raw[: len(raw) // 2]),  # cut short
+        sealed.map(lambda raw: raw[:1] + new_token() + raw[9:]),  # other generation
+        st.binary(max_size=30),
+        st.sampled_from([TOO_LARGE, 7, "L", bytearray(b"L")]),
+    )
+
+
+def st_tail(payload: bytes) -> bytes:
+    return b"!" if len(payload) % 3 == 0 else b""
+
+
+@pytest.mark.skipif(
+    __import__("loadercache.backends.redis._envelope", fromlist=["x"])._open_plain
+    is __import__(
+        "loadercache.backends.redis._envelope", fromlist=["x"]
+    )._open_plain_py,
+    reason="the C extension is not built (or LOADERCACHE_NO_EXTENSIONS=1)",
+)
+def test_the_c_fast_path_opens_as_the_python_does() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from loadercache.backends.redis import _envelope
+
+    token = new_token()
+    keys = [b"lc:3:v1:{users}:i:%d" % i for i in range(3)]
+    later = object()
+
+    @settings(max_examples=500, deadline=None)
+    @given(
+        st.lists(st.integers(0, 5), max_size=8).map(
+            lambda picks: [keys[p % 3] if p < 5 else b"" for p in picks]
+        ),
+        st.lists(_raws(token, keys), max_size=8),
+        st.sampled_from([None, _refusing_loads]),
+        st.sampled_from([14, 13, 20]),
+    )
+    def compare(rkeys: List[bytes], raws: List[Any], loads: Any, header: int) -> None:
+        args = (b"L" + token, header, rkeys, raws, loads, MISS, later)
+        assert _envelope._open_plain(*args) == _envelope._open_plain_py(*args)
+
+    compare()
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["c", "python"])
+def test_open_all_gives_the_same_answer_with_either_fast_path(
+    fast: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from loadercache.backends.redis import _envelope
+
+    if not fast:
+        monkeypatch.setattr(_envelope, "_open_plain", _envelope._open_plain_py)
+    envelope = Envelope(MsgpackSerializer())
+    token = new_token()
+    keys = [b"lc:3:v1:{users}:i:%d" % i for i in range(6)]
+    raws: List[Any] = [
+        envelope.seal(token, keys[0], envelope.dumps({"id": 0})),
+        None,
+        envelope.seal(token, keys[2], envelope.dumps(2), timing(5, 6)),
+        b"L" + token + b"\x00",  # this generation, too short
+        envelope.seal(token, keys[4], b"\x02\xc1"),  # does not decode
+        envelope.seal(new_token(), keys[5], envelope.dumps(5)),  # cleared
+    ]
+    opened = Opened()
+    timings: Dict[int, Tuple[int, int]] = {}
+    values = envelope.open_all(token, keys, raws, opened, MISS, timings=timings)
+    assert values == [{"id": 0}, MISS, 2, MISS, MISS, MISS]
+    assert (opened.corrupt, opened.forged, opened.too_large) == (2, 0, 0)
+    assert timings == {2: (5, 6)}
+    # A plain value bound to another key is refused whole, on either path.
+    with pytest.raises(Mismatch):
+        envelope.open_all(token, keys[1:2], raws[:1], Opened(), MISS)
+
+
+def test_a_serializer_interrupted_in_the_fast_path_is_not_swallowed() -> None:
+    class Interrupting(MsgpackSerializer):
+        def loads(self, data: bytes) -> Any:
+            raise KeyboardInterrupt
+
+    envelope = Envelope(Interrupting())
+    token = new_token()
+    raw = envelope.seal(token, KEY, envelope.dumps(1))
+    with pytest.raises(KeyboardInterrupt):
+        envelope.open_all(token, [KEY], [raw], Opened(), MISS)

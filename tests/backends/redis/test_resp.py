@@ -256,3 +256,45 @@ def test_the_c_fast_path_parses_as_the_python_does(
     finally:
         _resp._bulks = fast
     assert with_c == without
+
+
+@pytest.mark.skipif(
+    __import__("loadercache.backends.redis._resp", fromlist=["_encode"])._encode
+    is None,
+    reason="the C extension is not built (or LOADERCACHE_NO_EXTENSIONS=1)",
+)
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(max_size=40),
+            st.binary(min_size=9_990, max_size=10_010),
+            st.sampled_from([b"", b"MGET", "str", 12, 1.5, bytearray(b"x")]),
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    st.booleans(),
+)
+def test_the_c_encoder_writes_what_the_python_does(
+    command: List[Any], as_tuple: bool
+) -> None:
+    from loadercache.backends.redis import _resp
+
+    args = tuple(command) if as_tuple else command
+
+    def outcome() -> Any:
+        try:
+            return _resp.encode(args)
+        except TypeError as error:
+            return str(error)
+
+    with_c = outcome()
+    fast, _resp._encode = _resp._encode, None
+    try:
+        without = outcome()
+    finally:
+        _resp._encode = fast
+    assert with_c == without
+    all_bytes = all(type(arg) is bytes for arg in command)
+    assert (fast(args) is None) is not all_bytes

@@ -46,6 +46,11 @@ from loadercache.loader import _speedups
 _bulks: Optional[Callable[[bytes, int, int, int], Tuple[List[Any], int]]] = (
     None if _speedups is None else _speedups._bulks
 )
+#: encode for commands of bytes, in C (None: no extension); it answers None
+#: for any other command.
+_encode: Optional[Callable[[Sequence[Any]], Optional[bytes]]] = (
+    None if _speedups is None else _speedups._encode
+)
 
 __all__ = [
     "NOT_ENOUGH",
@@ -118,6 +123,10 @@ def encode(command: Sequence[Arg]) -> bytes:
     >>> encode((b"GET", b"k"))
     b'*2\\r\\n$3\\r\\nGET\\r\\n$1\\r\\nk\\r\\n'
     """
+    if _encode is not None:
+        data = _encode(command)
+        if data is not None:
+            return data
     parts = [b"*%d\r\n" % len(command)]
     append = parts.append
     for arg in command:
