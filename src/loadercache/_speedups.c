@@ -1080,6 +1080,107 @@ module_encode(PyObject *module, PyObject *command)
     return result;
 }
 
+/* -- _short_keys: the str and int keys of backends/redis/_keys.py -------- */
+
+PyDoc_STRVAR(short_keys_doc,
+"_short_keys($module, str_base, int_base, keys, /)\n--\n\n"
+"_keys._short_keys_py, in C: for each key of the list *keys*, *str_base*\n"
+"plus its UTF-8 (surrogatepass) for a str, *int_base* plus its decimal\n"
+"digits for an int of at most SHORT_INT_BITS bits (not a bool); None for\n"
+"any other key, which redis_keys then encodes itself.  Returns (rkeys, how\n"
+"many are None).");
+
+#define SHORT_INT_BITS 2000
+
+static PyObject *
+concat_bytes(PyObject *base, const char *data, Py_ssize_t length)
+{
+    Py_ssize_t size = PyBytes_GET_SIZE(base);
+    PyObject *result = PyBytes_FromStringAndSize(NULL, size + length);
+    if (result != NULL) {
+        memcpy(PyBytes_AS_STRING(result), PyBytes_AS_STRING(base), (size_t)size);
+        memcpy(PyBytes_AS_STRING(result) + size, data, (size_t)length);
+    }
+    return result;
+}
+
+static PyObject *
+module_short_keys(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyBytes_CheckExact(args[0]) || !PyBytes_CheckExact(args[1]) ||
+        !PyList_CheckExact(args[2])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "_short_keys(str_base: bytes, int_base: bytes, keys: list)");
+        return NULL;
+    }
+    PyObject *str_base = args[0], *int_base = args[1], *keys = args[2];
+    Py_ssize_t n = PyList_GET_SIZE(keys);
+    PyObject *rkeys = PyList_New(n);
+    if (rkeys == NULL) {
+        return NULL;
+    }
+    Py_ssize_t others = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *key = PyList_GET_ITEM(keys, i);
+        PyObject *rkey = NULL;
+        if (PyUnicode_CheckExact(key)) {
+            PyObject *encoded = PyUnicode_AsEncodedString(key, "utf-8", "surrogatepass");
+            if (encoded == NULL) {
+                Py_DECREF(rkeys);
+                return NULL;
+            }
+            rkey = concat_bytes(str_base, PyBytes_AS_STRING(encoded),
+                                PyBytes_GET_SIZE(encoded));
+            Py_DECREF(encoded);
+        }
+        else if (PyLong_CheckExact(key)) {
+            int overflow = 0;
+            long long value = PyLong_AsLongLongAndOverflow(key, &overflow);
+            if (value == -1 && PyErr_Occurred()) {
+                Py_DECREF(rkeys);
+                return NULL;
+            }
+            if (!overflow) {
+                char digits[24];
+                int length = snprintf(digits, sizeof(digits), "%lld", value);
+                rkey = concat_bytes(int_base, digits, length);
+            }
+            else {
+                size_t bits = _PyLong_NumBits(key);
+                if (bits == (size_t)-1 && PyErr_Occurred()) {
+                    Py_DECREF(rkeys);
+                    return NULL;
+                }
+                if (bits <= SHORT_INT_BITS) {
+                    PyObject *text = PyObject_Str(key);
+                    if (text == NULL) {
+                        Py_DECREF(rkeys);
+                        return NULL;
+                    }
+                    Py_ssize_t length;
+                    const char *data = PyUnicode_AsUTF8AndSize(text, &length);
+                    rkey = data == NULL ? NULL : concat_bytes(int_base, data, length);
+                    Py_DECREF(text);
+                }
+                else {
+                    rkey = Py_NewRef(Py_None);
+                    others++;
+                }
+            }
+        }
+        else {
+            rkey = Py_NewRef(Py_None);
+            others++;
+        }
+        if (rkey == NULL) {
+            Py_DECREF(rkeys);
+            return NULL;
+        }
+        PyList_SET_ITEM(rkeys, i, rkey);
+    }
+    return Py_BuildValue("(Nn)", rkeys, others);
+}
+
 /* -- _open_plain: the common values of backends/redis/_envelope.py ------- */
 
 PyDoc_STRVAR(open_plain_doc,
@@ -1250,6 +1351,8 @@ static PyMethodDef module_methods[] = {
     {"_setup", (PyCFunction)module_setup, METH_O, setup_doc},
     {"_bulks", (PyCFunction)(void (*)(void))module_bulks, METH_FASTCALL, bulks_doc},
     {"_encode", (PyCFunction)module_encode, METH_O, encode_doc},
+    {"_short_keys", (PyCFunction)(void (*)(void))module_short_keys, METH_FASTCALL,
+     short_keys_doc},
     {"_open_plain", (PyCFunction)(void (*)(void))module_open_plain, METH_FASTCALL,
      open_plain_doc},
     {NULL},

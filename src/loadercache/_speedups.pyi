@@ -50,6 +50,9 @@ def _bulks(
     buf: bytes, pos: int, count: int, max_bulk: int, /
 ) -> Tuple[List[Optional[bytes]], int]: ...
 def _encode(command: Sequence[Any], /) -> Optional[bytes]: ...
+def _short_keys(
+    str_base: bytes, int_base: bytes, keys: List[Any], /
+) -> Tuple[List[Optional[bytes]], int]: ...
 def _open_plain(
     prefix: bytes,
     header: int,

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from loadercache.backends.redis import _keys
 from loadercache.backends.redis._keys import (
     check_namespace,
     namespace_base,
@@ -89,3 +90,35 @@ def test_namespaces() -> None:
         check_namespace("a{b}")
     with pytest.raises(TypeError):
         check_namespace(7)
+
+
+# -- the C fast path (_speedups._short_keys) against the Python it stands in for
+
+short_or_not = st.one_of(
+    st.text(max_size=8),
+    st.sampled_from(["é", "\ud800", "\U0001f600", "", "s:1"]),
+    st.integers(),
+    st.integers(min_value=2**62, max_value=2**66),
+    st.sampled_from([2**1999, -(2**1999), 2**2000, -(2**2000), 2**2001]),
+    st.booleans(),
+    st.floats(allow_nan=False),
+    st.binary(max_size=4),
+    st.tuples(st.integers(), st.text(max_size=3)),
+)
+
+
+@pytest.mark.skipif(
+    _keys._short_keys is _keys._short_keys_py,
+    reason="the C extension is not built (or LOADERCACHE_NO_EXTENSIONS=1)",
+)
+@settings(max_examples=500, deadline=None)
+@given(st.lists(short_or_not, max_size=10))
+def test_the_c_fast_path_encodes_as_the_python_does(keys: List[Any]) -> None:
+    args = (b"b:s:", b"b:i:", keys)
+    assert _keys._short_keys(*args) == _keys._short_keys_py(*args)
+
+
+@given(st.lists(short_or_not, max_size=10))
+def test_a_batch_encodes_each_key_as_it_would_alone(keys: List[Any]) -> None:
+    # (the short keys' encodings are _segment's, made in one pass)
+    assert redis_keys(b"b:", keys) == [b"b:" + _keys._segment(key) for key in keys]

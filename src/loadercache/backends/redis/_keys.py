@@ -47,9 +47,10 @@ import binascii
 import functools
 import math
 import uuid
-from typing import Any, Dict, Hashable, List, Optional, Sequence
+from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence, Tuple
 
 from loadercache._repr import short_repr
+from loadercache.loader import _speedups
 
 __all__ = [
     "SCHEME",
@@ -211,12 +212,31 @@ def redis_keys(
     >>> redis_keys(b"lc:3:v1:{users}:", [42, "ada", (1, "a")])
     [b'lc:3:v1:{users}:i:42', b'lc:3:v1:{users}:s:ada', b'lc:3:v1:{users}:t:i1;s1:a']
     """
-    # The encodings of str and int, the keys of nearly every loader, made
-    # here without a call per key; every other type goes through _segment.
-    str_base = base + b"s:"
-    int_base = base + b"i:"
-    rkeys: List[bytes] = []
+    # The encodings of str and int, the keys of nearly every loader, made in
+    # one pass (_short_keys); every other type goes through _segment.
+    rkeys, others = _short_keys(
+        base + b"s:", base + b"i:", keys if type(keys) is list else list(keys)
+    )
+    if others:
+        for i, rkey in enumerate(rkeys):
+            if rkey is None:
+                key = keys[i]
+                rkey = encoded.pop(key, None) if encoded else None
+                rkeys[i] = rkey if rkey is not None else base + _segment(key)
+    return rkeys  # type: ignore[return-value]
+
+
+def _short_keys_py(
+    str_base: bytes, int_base: bytes, keys: List[Hashable]
+) -> Tuple[List[Optional[bytes]], int]:
+    """The Redis keys of the str and short int *keys*, None for the others.
+
+    Returns them and how many are None.  ``_speedups._short_keys`` is this,
+    line for line.
+    """
+    rkeys: List[Optional[bytes]] = []
     append = rkeys.append
+    others = 0
     for key in keys:
         cls = type(key)
         if cls is str:
@@ -224,9 +244,14 @@ def redis_keys(
         elif cls is int and key.bit_length() <= SHORT_INT_BITS:  # type: ignore[attr-defined]
             append(int_base + b"%d" % key)  # type: ignore[str-format]
         else:
-            rkey = encoded.pop(key, None) if encoded else None
-            append(rkey if rkey is not None else base + _segment(key))
-    return rkeys
+            append(None)
+            others += 1
+    return rkeys, others
+
+
+_short_keys: Callable[
+    [bytes, bytes, List[Hashable]], Tuple[List[Optional[bytes]], int]
+] = _short_keys_py if _speedups is None else _speedups._short_keys
 
 
 def redis_key(base: bytes, key: Hashable) -> bytes:
