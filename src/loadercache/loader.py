@@ -119,6 +119,8 @@ logger: logging.Logger = logging.getLogger("loadercache")
 
 #: The counters of :class:`LoaderStats`, kept live by the loader.
 _COUNTERS = tuple(field.name for field in fields(LoaderStats))
+# What a remote tier answers for a key besides a value or MISS.
+_TIER_ANSWERS = (Leased, Stale, Refresh)
 
 
 class _PyCountsCore:
@@ -720,22 +722,23 @@ class DataLoader(_LoaderCore, Generic[K, V]):
                 todo.append(i)
                 continue
             cls = type(value)
-            if cls is Leased:
-                leased.append(i)
-                continue
-            if cls is Stale:
-                if stale is None:
-                    stale = {}
-                stale[len(todo)] = value.value
-                todo.append(i)
-                continue
-            if cls is Refresh:
-                refreshes.append((keys[i], value))
+            if cls in _TIER_ANSWERS:  # (one test for the plain values)
+                if cls is Leased:
+                    leased.append(i)
+                    continue
+                if cls is Stale:
+                    if stale is None:
+                        stale = {}
+                    stale[len(todo)] = value.value
+                    todo.append(i)
+                    continue
+                refreshes.append((keys[i], value))  # a Refresh
                 value = value.value
-            if not futures[i].done():
-                futures[i].set_result(value)
+            future = futures[i]
+            if not future.done():
+                future.set_result(value)
             else:
-                self._forget(cache_keys[i], futures[i])  # cancelled meanwhile
+                self._forget(cache_keys[i], future)  # cancelled meanwhile
         for i in leased:
             self._wait_for(found[i].awaitable, keys[i], cache_keys[i], futures[i])
         if refreshes:

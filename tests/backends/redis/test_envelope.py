@@ -12,6 +12,7 @@ from loadercache.backends.redis._envelope import (
     Mismatch,
     Opened,
     TooLarge,
+    lease_marker,
     new_token,
     timing,
 )
@@ -239,6 +240,12 @@ def test_open_all_gives_the_same_answer_with_either_fast_path(
     assert values == [{"id": 0}, MISS, 2, MISS, MISS, MISS]
     assert (opened.corrupt, opened.forged, opened.too_large) == (2, 0, 0)
     assert timings == {2: (5, 6)}
+    assert opened.unanswered == 4
+    # What a read that found every key (or none) counts, on either path.
+    lease = lease_marker(token, b"holder..", 1)
+    for found, unanswered in ([raws[0], raws[2]], 0), ([None, lease, raws[5]], 3):
+        envelope.open_all(token, [keys[0], keys[2], keys[5]], found, opened, MISS)
+        assert opened.unanswered == unanswered
     # A plain value bound to another key is refused whole, on either path.
     with pytest.raises(Mismatch):
         envelope.open_all(token, keys[1:2], raws[:1], Opened(), MISS)

@@ -17,7 +17,8 @@ from typing import (
 )
 
 from loadercache.backends.redis._keys import (
-    can_skip_check,
+    SHORT_INT_HIGH,
+    SHORT_INT_LOW,
     check_namespace,
     short_repr,
 )
@@ -139,9 +140,13 @@ class RedisCacheMap:
 
         >>> loader.prime(1, ada)  # calls cache_map.set(1, <resolved future>)
         """
-        if not can_skip_check(key):
-            # Encoded now, so an unstorable key raises here, and kept for the
-            # read of its batch.
+        cls = type(key)
+        if not (
+            cls is str or (cls is int and SHORT_INT_LOW < key < SHORT_INT_HIGH)  # type: ignore[operator]
+        ):
+            # Not a str or short int (whose Redis keys redis_keys makes in one
+            # pass): encoded now, so an unstorable key raises here, and kept
+            # for the read of its batch.
             encoded = self._encoded
             if key not in encoded:
                 rkey = self._tier.rkey(key)

@@ -168,14 +168,18 @@ class Mismatch(Exception):
 
 
 class Opened:
-    """How each value of a read opened: counts, for the store's stats."""
+    """How each value of a read opened: counts, for the store's stats; and
+    ``unanswered``: how many values of the last :meth:`Envelope.open_all`
+    are a miss or a :class:`LeaseMark` (-1: unknown), so that a read which
+    found every key need not look at its values again."""
 
-    __slots__ = ("corrupt", "forged", "too_large")
+    __slots__ = ("corrupt", "forged", "too_large", "unanswered")
 
     def __init__(self) -> None:
         self.corrupt = 0
         self.forged = 0
         self.too_large = 0
+        self.unanswered = -1
 
     @property
     def errors(self) -> int:
@@ -262,6 +266,7 @@ class Envelope:
         if token is None:
             # No generation: nothing stored can be current.
             opened.too_large += sum(raw is TOO_LARGE for raw in raws)
+            opened.unanswered = len(raws)
             return [miss] * len(raws)
         prefix = _VALUE + token
         loads = self._loads
@@ -278,17 +283,21 @@ class Envelope:
                 miss,
                 _LATER,
             )
+            # (a list's count compares by identity first: None is None,
+            # and None with anything else RESP parses is False.)
+            unanswered = raws.count(None) if type(raws) is list else -1
             if not laters:
+                opened.unanswered = unanswered
                 return values
         else:
             values = [_LATER] * min(len(rkeys), len(raws))
+            unanswered = -1
         timed_prefix = _TIMED + token
         header = self._header
         crc32 = zlib.crc32
         unpack_crc = _CRC.unpack_from
-        for position, value in enumerate(values):
-            if value is not _LATER:
-                continue
+        later = [i for i, value in enumerate(values) if value is _LATER]
+        for position in later:
             rkey = rkeys[position]
             raw = raws[position]
             if raw is None:
@@ -345,6 +354,11 @@ class Envelope:
             else:
                 opened.corrupt += 1
                 values[position] = miss
+        if unanswered >= 0:
+            for position in later:
+                value = values[position]
+                unanswered += value is miss or type(value) is LeaseMark
+        opened.unanswered = unanswered
         return values
 
     def generation(self, gen_key: bytes, token: bytes) -> bytes:

@@ -73,6 +73,9 @@ SCHEME = "3"
 # An int this short is written in decimal under any int_max_str_digits (at
 # least 640 digits): a key needs no encoding to know it can be stored.
 SHORT_INT_BITS = 2000
+#: The short ints are those strictly between these two.
+SHORT_INT_LOW = -(1 << SHORT_INT_BITS)
+SHORT_INT_HIGH = 1 << SHORT_INT_BITS
 
 
 def check_namespace(namespace: object) -> str:
@@ -261,12 +264,6 @@ def redis_key(base: bytes, key: Hashable) -> bytes:
     b'lc:3:v1:{users}:i:1'
     """
     return redis_keys(base, (key,))[0]
-
-
-def can_skip_check(key: Any) -> bool:
-    """Whether *key* is a str or a short int, which can always be stored."""
-    cls = type(key)
-    return cls is str or (cls is int and key.bit_length() <= SHORT_INT_BITS)
 
 
 def _digits(value: int) -> bytes:

@@ -1536,10 +1536,13 @@ class Tier:
         read.gen, read.values = future.result()
         values = read.values
         namespace.read_answered(read.seq, read.gen)
-        # The keys Redis did not answer with a current value (one pass).
-        pending = [
-            i for i, v in enumerate(values) if v is MISS or type(v) in _UNSETTLED
-        ]
+        # The keys Redis did not answer with a current value (one pass,
+        # unless the values were counted as they opened).
+        pending = (
+            []
+            if read.opened.unanswered == 0
+            else [i for i, v in enumerate(values) if v is MISS or type(v) in _UNSETTLED]
+        )
         if read.timings or (pending and store._leasing()):
             return read
         for i in pending:
@@ -1945,6 +1948,7 @@ def _parse_read(
     if timings:
         raws_out[:] = raws[1:]
     if namespace.new_gen is not None:
+        opened.unanswered = len(rkeys)
         return gen, [MISS] * len(rkeys)
     operations = namespace.operations
     if operations:
@@ -1953,6 +1957,7 @@ def _parse_read(
             op = operations.get(rkey)
             if op is None:
                 continue
+            opened.unanswered = -1  # values changed: count them again
             timings.pop(i, None)
             if op.kind == DELETE or op.payload is None:
                 values[i] = MISS
