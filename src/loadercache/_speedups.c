@@ -905,6 +905,126 @@ static PyTypeObject NearGet_Type = {
     .tp_vectorcall_offset = offsetof(NearGet, vectorcall),
 };
 
+/* -- ShortSet: RedisCacheMap.set's common case, in C ---------------------- */
+
+#define SHORT_INT_BITS 2000
+
+/* Whether key is a str or an int (not a bool) of at most SHORT_INT_BITS
+   bits; -1 on error. */
+static int
+is_short_key(PyObject *key)
+{
+    if (PyUnicode_CheckExact(key)) {
+        return 1;
+    }
+    if (!PyLong_CheckExact(key)) {
+        return 0;
+    }
+    size_t bits = _PyLong_NumBits(key);
+    if (bits == (size_t)-1 && PyErr_Occurred()) {
+        return -1;
+    }
+    return bits <= SHORT_INT_BITS;
+}
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *local_set;
+    PyObject *slow;
+    vectorcallfunc vectorcall;
+} ShortSet;
+
+static PyObject *
+shortset_vectorcall(ShortSet *self, PyObject *const *args, size_t nargsf,
+                    PyObject *kwnames)
+{
+    if (PyVectorcall_NARGS(nargsf) != 2 ||
+        (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "set() takes exactly two arguments");
+        return NULL;
+    }
+    /* A short key's future still pending (a load's): only held locally. */
+    int short_key = is_short_key(args[0]);
+    if (short_key < 0) {
+        return NULL;
+    }
+    if (short_key) {
+        PyObject *done = PyObject_CallMethodNoArgs(args[1], str_done);
+        if (done == NULL) {
+            return NULL;
+        }
+        Py_DECREF(done);
+        if (done == Py_False) {
+            return PyObject_Vectorcall(self->local_set, args, 2, NULL);
+        }
+    }
+    return PyObject_Vectorcall(self->slow, args, 2, NULL);
+}
+
+static PyObject *
+shortset_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    PyObject *local_set, *slow;
+    if (kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0) {
+        PyErr_SetString(PyExc_TypeError, "ShortSet() takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_UnpackTuple(args, "ShortSet", 2, 2, &local_set, &slow)) {
+        return NULL;
+    }
+    if (!PyCallable_Check(local_set) || !PyCallable_Check(slow)) {
+        PyErr_SetString(PyExc_TypeError, "ShortSet(local_set, slow)");
+        return NULL;
+    }
+    ShortSet *self = (ShortSet *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->local_set = Py_NewRef(local_set);
+    self->slow = Py_NewRef(slow);
+    self->vectorcall = (vectorcallfunc)shortset_vectorcall;
+    return (PyObject *)self;
+}
+
+static int
+shortset_traverse(ShortSet *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->local_set);
+    Py_VISIT(self->slow);
+    return 0;
+}
+
+static int
+shortset_clear(ShortSet *self)
+{
+    Py_CLEAR(self->local_set);
+    Py_CLEAR(self->slow);
+    return 0;
+}
+
+static void
+shortset_dealloc(ShortSet *self)
+{
+    PyObject_GC_UnTrack(self);
+    shortset_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject ShortSet_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "loadercache._speedups.ShortSet",
+    .tp_doc = "ShortSet(local_set, slow): _cache_map._short_set as a callable "
+              "object.",
+    .tp_basicsize = sizeof(ShortSet),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_new = shortset_new,
+    .tp_dealloc = (destructor)shortset_dealloc,
+    .tp_traverse = (traverseproc)shortset_traverse,
+    .tp_clear = (inquiry)shortset_clear,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(ShortSet, vectorcall),
+};
+
 /* -- _bulks: the common replies of backends/redis/_resp.py, in C --------- */
 
 PyDoc_STRVAR(bulks_doc,
@@ -1089,8 +1209,6 @@ PyDoc_STRVAR(short_keys_doc,
 "digits for an int of at most SHORT_INT_BITS bits (not a bool); None for\n"
 "any other key, which redis_keys then encodes itself.  Returns (rkeys, how\n"
 "many are None).");
-
-#define SHORT_INT_BITS 2000
 
 static PyObject *
 concat_bytes(PyObject *base, const char *data, Py_ssize_t length)
@@ -1381,7 +1499,7 @@ speedups_exec(PyObject *module)
     LoaderCore_Type.tp_new = PyBaseObject_Type.tp_new;
     if (PyType_Ready(&CountsCore_Type) < 0 || PyType_Ready(&BatchCore_Type) < 0 ||
         PyType_Ready(&LoaderCore_Type) < 0 || PyType_Ready(&HitCounter_Type) < 0 ||
-        PyType_Ready(&NearGet_Type) < 0) {
+        PyType_Ready(&NearGet_Type) < 0 || PyType_Ready(&ShortSet_Type) < 0) {
         return -1;
     }
 #define INTERN(var, text)                                                      \
@@ -1405,7 +1523,8 @@ speedups_exec(PyObject *module)
         add_type(module, "BatchCore", &BatchCore_Type) < 0 ||
         add_type(module, "LoaderCore", &LoaderCore_Type) < 0 ||
         add_type(module, "HitCounter", &HitCounter_Type) < 0 ||
-        add_type(module, "NearGet", &NearGet_Type) < 0) {
+        add_type(module, "NearGet", &NearGet_Type) < 0 ||
+        add_type(module, "ShortSet", &ShortSet_Type) < 0) {
         return -1;
     }
     return 0;

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -23,13 +24,18 @@ from loadercache.backends.redis._keys import (
     short_repr,
 )
 from loadercache.backends.redis._near import NearGet
-from loadercache.backends.redis._store import RedisStore
+from loadercache.backends.redis._spread import SpreadTier
+from loadercache.backends.redis._store import RedisStore, Tier
 from loadercache.cache import CacheMap, as_cache_map, fill_slot
+from loadercache.loader import _speedups
 
 __all__ = ["RedisCacheMap"]
 
 # Redis keys encoded by set() for the dispatch that will read them.
 _MAX_ENCODED = 10_000
+
+#: _short_set's common case as a C callable (None without the extension).
+ShortSet: Any = None if _speedups is None else _speedups.ShortSet
 
 
 class RedisCacheMap:
@@ -60,6 +66,7 @@ class RedisCacheMap:
         "_near",
         "_tier",
         "get",
+        "set",
     )
 
     if TYPE_CHECKING:
@@ -104,6 +111,16 @@ class RedisCacheMap:
         else:
             fill_slot(RedisCacheMap, self, "get", self._local_get)
         self._encoded: Dict[Hashable, bytes] = {}
+        # set: _short_set, whose common case (a load's pending future under a
+        # str or short int key: only held locally) runs in C when built.  Of
+        # the map's parts only, not of the map: no reference cycle.
+        slow = functools.partial(_short_set, self._encoded, self._tier, self._local_set)
+        fill_slot(
+            RedisCacheMap,
+            self,
+            "set",
+            slow if ShortSet is None else ShortSet(self._local_set, slow),
+        )
 
     def __repr__(self) -> str:
         return (
@@ -131,31 +148,18 @@ class RedisCacheMap:
 
     # -- CacheMap --------------------------------------------------------
 
-    def set(self, key: Hashable, value: asyncio.Future[Any]) -> None:
-        """Hold *value* locally; a resolved future (a prime) is also written to Redis.
+    if TYPE_CHECKING:
 
-        Raises ``TypeError``, storing nothing, for a key that cannot become a
-        Redis key: ``load()`` and ``prime()`` call ``set`` on every miss, so
-        that is where an unstorable key is refused.
+        def set(self, key: Hashable, value: asyncio.Future[Any]) -> None:
+            """Hold *value* locally; a resolved future (a prime) is also
+            written to Redis.
 
-        >>> loader.prime(1, ada)  # calls cache_map.set(1, <resolved future>)
-        """
-        cls = type(key)
-        if not (
-            cls is str or (cls is int and SHORT_INT_LOW < key < SHORT_INT_HIGH)  # type: ignore[operator]
-        ):
-            # Not a str or short int (whose Redis keys redis_keys makes in one
-            # pass): encoded now, so an unstorable key raises here, and kept
-            # for the read of its batch.
-            encoded = self._encoded
-            if key not in encoded:
-                rkey = self._tier.rkey(key)
-                if len(encoded) >= _MAX_ENCODED:
-                    encoded.clear()
-                encoded[key] = rkey
-        self._local_set(key, value)
-        if value.done() and not value.cancelled() and value.exception() is None:
-            self._tier.prime(self._redis_key(key), value.result())
+            Raises ``TypeError``, storing nothing, for a key that cannot
+            become a Redis key: ``load()`` and ``prime()`` call ``set`` on
+            every miss, so that is where an unstorable key is refused.
+
+            >>> loader.prime(1, ada)  # calls cache_map.set(1, <resolved future>)
+            """
 
     def delete(self, key: Hashable) -> None:
         """Forget *key* locally and delete it in Redis (in the background).
@@ -234,7 +238,41 @@ class RedisCacheMap:
         return future
 
     def _redis_key(self, key: Hashable) -> bytes:
-        rkey = self._encoded.pop(key, None)
-        if rkey is None:
-            rkey = self._tier.rkey(key)
-        return rkey
+        return _redis_key(self._encoded, self._tier, key)
+
+
+def _short_set(
+    encoded: Dict[Hashable, bytes],
+    tier: Union[Tier, SpreadTier],
+    local_set: Callable[[Hashable, asyncio.Future[Any]], None],
+    key: Hashable,
+    value: asyncio.Future[Any],
+) -> None:
+    """RedisCacheMap.set, of the map's parts (see its docs).
+
+    ``_speedups.ShortSet(local_set, <this, bound>)`` is its common case in C:
+    a str or short int key whose future is still pending is only held
+    locally; everything else comes here.
+    """
+    # A key that is not a str or short int (whose Redis keys redis_keys
+    # makes in one pass) is encoded now, so an unstorable key raises here,
+    # and kept for the read of its batch.
+    cls = type(key)
+    short = cls is str or (cls is int and SHORT_INT_LOW < key < SHORT_INT_HIGH)  # type: ignore[operator]
+    if not short and key not in encoded:
+        rkey = tier.rkey(key)
+        if len(encoded) >= _MAX_ENCODED:
+            encoded.clear()
+        encoded[key] = rkey
+    local_set(key, value)
+    if value.done() and not value.cancelled() and value.exception() is None:
+        tier.prime(_redis_key(encoded, tier, key), value.result())
+
+
+def _redis_key(
+    encoded: Dict[Hashable, bytes], tier: Union[Tier, SpreadTier], key: Hashable
+) -> bytes:
+    rkey = encoded.pop(key, None)
+    if rkey is None:
+        rkey = tier.rkey(key)
+    return rkey
