@@ -98,8 +98,9 @@ if not os.environ.get("LOADERCACHE_NO_EXTENSIONS") and not sysconfig.get_config_
     with contextlib.suppress(ImportError):
         from loadercache import _speedups
 
-#: Whether ``load()`` and the settling of a batch run as C (the optional
-#: ``loadercache._speedups`` extension) rather than as the Python below.
+#: Whether ``load()`` and the settling of a batch (and the Redis backend's
+#: per-key steps) run as C, the optional ``loadercache._speedups``
+#: extension, rather than as the Python below (and the Python twins there).
 #: Both behave the same; ``LOADERCACHE_NO_EXTENSIONS=1`` forces the Python.
 SPEEDUPS: bool = _speedups is not None
 
