@@ -8,7 +8,9 @@ send.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+import weakref
 from typing import Any, Callable, List, Optional
 
 import pytest
@@ -79,6 +81,28 @@ async def test_requests_of_one_turn_share_one_write_and_answer_in_order(
         assert results == [["OK", b"%d" % i] for i in range(500)]
         assert link.connects == 1
         assert link.server[0] in ("redis", "valkey")
+    finally:
+        await link.aclose()
+
+
+async def test_an_answered_request_is_not_kept_until_its_write_times_out(
+    server: RedisServer,
+) -> None:
+    # The timer of a write watches for a Redis that sends nothing; once the
+    # write is answered it must let go of the requests and their results (a
+    # stampede's reads each hold thousands of answers).
+    class Answer:
+        pass
+
+    link = Link(parse_url(server.url), timeout=60.0)
+    try:
+        await link.request([(b"PING",)], raw)  # connected
+        requests = [link.request([(b"PING",)], lambda _: Answer()) for _ in range(3)]
+        kept = [weakref.ref(await request) for request in requests]  # one write
+        del requests
+        await asyncio.sleep(0)  # (the handle that woke this task holds the last)
+        gc.collect()
+        assert [ref() for ref in kept] == [None, None, None]
     finally:
         await link.aclose()
 

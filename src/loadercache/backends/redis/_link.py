@@ -243,6 +243,14 @@ class _Connection(asyncio.Protocol):
             if request.remaining:
                 continue
             pending.popleft()
+            writes = self.writes
+            if writes and writes[0].requests[-1] is request:
+                # The last reply of the oldest write (replies come in order):
+                # its timer has nothing left to watch, and would keep every
+                # request of the write, and each one's result, until it fired.
+                write = writes.popleft()
+                if write.timer is not None:
+                    write.timer.cancel()
             future = request.future
             if future.done():
                 continue  # timed out or cancelled: its replies are read and dropped
