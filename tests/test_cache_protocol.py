@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from typing import Any, Dict, Hashable, List, Optional, Sequence, Tuple
 
@@ -491,3 +492,46 @@ async def test_a_cancelled_load_does_not_claim_a_takeover() -> None:
     assert await asyncio.wait_for(second, 5) == "v1"
     assert calls == [[1]]  # the live load claimed it, and loaded it
     assert not after.done()
+
+
+async def test_two_keys_answered_with_one_wait_both_take_its_value() -> None:
+    wait = asyncio.get_running_loop().create_future()
+    remote = FakeRemote({1: Leased(wait), 2: Leased(wait)})
+    loader, calls = identity_loader(cache_map=remote)
+    loads = loader.load_many([1, 2])
+    await asyncio.sleep(0.01)
+    wait.set_result("theirs")
+    assert await loads == ["theirs", "theirs"]
+    assert calls == []
+    assert loader.stats.remote_hits == 2
+
+
+async def test_a_wait_that_ends_in_miss_loads_in_the_context_of_its_request() -> None:
+    # One future waited on by the loads of two requests settles them in one
+    # callback; each reload is still a batch in its own request's context
+    # (a trace's parent span, say), not in the other's or in none.
+    request: contextvars.ContextVar[str] = contextvars.ContextVar("request")
+    wait = asyncio.get_running_loop().create_future()
+    loaders, _ = leased_loaders(2, wait)
+    seen: List[str] = []
+    for loader in loaders:
+        batch_load = loader.batch_load_fn
+
+        async def in_context(keys: List[Any], batch_load: Any = batch_load) -> Any:
+            seen.append(request.get("none"))
+            return await batch_load(keys)
+
+        loader.batch_load_fn = in_context
+
+    async def serve(name: str, loader: DataLoader[Any, Any]) -> Any:
+        request.set(name)
+        return await loader.load(1)
+
+    serving = [
+        asyncio.ensure_future(serve(name, loader))
+        for name, loader in zip("ab", loaders)
+    ]
+    await asyncio.sleep(0.01)
+    wait.set_result(MISS)
+    assert await asyncio.gather(*serving) == ["v1", "v1"]
+    assert sorted(seen) == ["a", "b"]

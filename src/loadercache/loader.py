@@ -40,12 +40,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import inspect
 import logging
 import os
 import sysconfig
 import warnings
+import weakref
 from collections.abc import Hashable, Iterable, Mapping, MutableMapping
 from dataclasses import fields
 from typing import (
@@ -740,8 +742,10 @@ class DataLoader(_LoaderCore, Generic[K, V]):
                 future.set_result(value)
             else:
                 self._forget(cache_keys[i], future)  # cancelled meanwhile
-        for i in leased:
-            self._wait_for(found[i].awaitable, keys[i], cache_keys[i], futures[i])
+        if leased:
+            waits = _Waits(self, keys, cache_keys, futures)
+            for i in leased:
+                waits.add(found[i].awaitable, i)
         if refreshes:
             self._refresh(refreshes)
         self._counts.remote_hits += len(found) - len(todo) - len(leased)
@@ -781,45 +785,21 @@ class DataLoader(_LoaderCore, Generic[K, V]):
             if not isinstance(value, Exception):
                 refresh.store(value)
 
-    def _wait_for(
-        self,
-        waiting: Awaitable[Any],
-        key: Any,
-        cache_key: Hashable,
-        future: asyncio.Future[V],
-    ) -> None:
-        """A key another loader is loading: settle its load with that value.
-
-        Alongside this batch's own call of the batch function, not before it.
-        """
-        if not isinstance(waiting, asyncio.Future):
-            # (A future is taken as it is: ensure_future's loop check costs
-            # more than the rest of a wait, and a stampede has thousands.)
-            waiting = asyncio.ensure_future(waiting, loop=future.get_loop())
-        waiting.add_done_callback(
-            functools.partial(self._leased_done, key, cache_key, future)
-        )
-
-    def _leased_done(
-        self,
-        key: Any,
-        cache_key: Hashable,
-        future: asyncio.Future[V],
-        waiting: asyncio.Future[Any],
-    ) -> None:
-        value = MISS
-        if not waiting.cancelled() and waiting.exception() is None:
-            value = waiting.result()
+    def _leased_done(self, waits: _Waits[V], i: int, value: Any) -> None:
+        """A key another loader was loading, for load *i* of *waits*, is
+        done with *value*: settle the load with it, or load the key here."""
+        future = waits.futures[i]
         if future.done():
-            self._forget(cache_key, future)  # cancelled by its caller meanwhile
+            self._forget(waits.cache_keys[i], future)  # cancelled by its caller
         elif type(value) is Takeover and not value.claim():
             # Another load waiting for the key loads it: wait for that one.
-            self._wait_for(value.awaitable, key, cache_key, future)
+            waits.add(value.awaitable, i)
         elif value is MISS or type(value) is Takeover:
             # The other load failed or took too long: load it here, in a
-            # batch of this loader's own (which asks the tier again).
+            # batch of this loader's own (which asks the tier again), in the
+            # context the batch that waited had.
             self._counts.remote_misses += 1
-            self._requeue(key, cache_key, future)
+            waits.context.run(self._requeue, waits.keys[i], waits.cache_keys[i], future)
         else:
             self._counts.remote_hits += 1
             future.set_result(value)
@@ -941,6 +921,74 @@ class DataLoader(_LoaderCore, Generic[K, V]):
             self._remote.discard(cache_key, future)
         elif self._cache_map.get(cache_key) is future:
             self._cache_map.delete(cache_key)
+
+
+class _Waits(Generic[V]):
+    """The loads of one batch that wait for keys other loaders are loading
+    (answered :class:`Leased`), alongside the batch's own call of the batch
+    function."""
+
+    __slots__ = ("cache_keys", "context", "futures", "keys", "loader")
+
+    def __init__(
+        self,
+        loader: DataLoader[Any, V],
+        keys: List[Any],
+        cache_keys: List[Hashable],
+        futures: List[asyncio.Future[V]],
+    ) -> None:
+        self.loader = loader
+        self.keys = keys
+        self.cache_keys = cache_keys
+        self.futures = futures
+        # Where a done callback would have copied it, once per wait.
+        self.context = contextvars.copy_context()
+
+    def add(self, waiting: Awaitable[Any], i: int) -> None:
+        """Settle load *i* once *waiting* is done."""
+        if not isinstance(waiting, asyncio.Future):
+            # (A future is taken as it is: ensure_future's loop check costs
+            # more than the rest of a wait, and a stampede has thousands.)
+            waiting = asyncio.ensure_future(waiting, loop=self.futures[i].get_loop())
+        waiters = _waiters.get(waiting)
+        if waiters is None:
+            waiters = _waiters[waiting] = _Waiters()
+            # (Run in a context of its own: each load's own is entered
+            # where it matters, and a context cannot be entered twice.)
+            waiting.add_done_callback(waiters, context=contextvars.Context())
+        waiters.waits.append(self)
+        waiters.places.append(i)
+
+
+class _Waiters:
+    """Every load of the process that waits for one future, of any loader: the
+    future's one done callback.
+
+    A stampede's waits are counted in tens of thousands per process: a done
+    callback per load would cost a partial, a bound method, a copied context
+    and a scheduled handle for each, and the garbage collector would go
+    through every one of them, where this costs two list slots.
+    """
+
+    __slots__ = ("places", "waits")
+
+    def __init__(self) -> None:
+        self.waits: List[_Waits[Any]] = []
+        self.places: List[int] = []
+
+    def __call__(self, waiting: asyncio.Future[Any]) -> None:
+        _waiters.pop(waiting, None)
+        value = MISS
+        if not waiting.cancelled() and waiting.exception() is None:
+            value = waiting.result()
+        for waits, i in zip(self.waits, self.places):
+            waits.loader._leased_done(waits, i, value)
+
+
+#: The futures loads of this process wait for (see _Waits), and their loads.
+_waiters: weakref.WeakKeyDictionary[asyncio.Future[Any], _Waiters] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _copy_outcome(
