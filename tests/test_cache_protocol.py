@@ -535,3 +535,27 @@ async def test_a_wait_that_ends_in_miss_loads_in_the_context_of_its_request() ->
     wait.set_result(MISS)
     assert await asyncio.gather(*serving) == ["v1", "v1"]
     assert sorted(seen) == ["a", "b"]
+
+
+async def test_a_wait_whose_settling_fails_for_one_load_settles_the_others() -> None:
+    # A cancelled load's discard raises in one loader's map: that is reported
+    # as a done callback's error would be, and the other loader still gets
+    # the value (one callback settles both).
+    wait = asyncio.get_running_loop().create_future()
+    loaders, _ = leased_loaders(2, wait)
+    broken = loaders[0].cache_map
+
+    def discard(key: Hashable, future: asyncio.Future[Any]) -> None:
+        raise RuntimeError("discard failed")
+
+    broken.discard = discard  # type: ignore[attr-defined]
+    reported: List[Dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(
+        lambda loop, context: reported.append(context)
+    )
+    first, second = (loader.load(1) for loader in loaders)
+    await asyncio.sleep(0.01)
+    first.cancel()
+    wait.set_result("theirs")
+    assert await asyncio.wait_for(second, 5) == "theirs"
+    assert [type(context["exception"]) for context in reported] == [RuntimeError]

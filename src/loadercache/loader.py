@@ -982,7 +982,18 @@ class _Waiters:
         if not waiting.cancelled() and waiting.exception() is None:
             value = waiting.result()
         for waits, i in zip(self.waits, self.places):
-            waits.loader._leased_done(waits, i, value)
+            try:
+                waits.loader._leased_done(waits, i, value)
+            except Exception as error:  # a cache map's discard, say
+                # As the event loop does with a done callback that raises:
+                # report it, and go on with the others.
+                waiting.get_loop().call_exception_handler(
+                    {
+                        "message": f"{waits.loader!r}: settling a waited load failed",
+                        "exception": error,
+                        "future": waiting,
+                    }
+                )
 
 
 #: The futures loads of this process wait for (see _Waits), and their loads.
