@@ -20,7 +20,8 @@ commands run concurrently, so ``stats`` answers while a load is in flight.
   ``"report_keys": true``), the requests whose values were wrong, when the
   first request started and the last ended (``time.monotonic()``: one clock
   for every process of the machine), the CPU time the process spent until
-  then, and the store's counters that moved.
+  then, the garbage collections meanwhile (``[monotonic start, seconds]``
+  each), and the store's counters that moved.
 * ``{"op": "stats", "store": s}``: the store's counters.
 * ``{"op": "near_warm", "ns": n, "key": k}``: load *k* of *n* through fresh
   loaders over the ``near`` store until one load is a near hit (so *k* is in
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import sys
@@ -57,6 +59,21 @@ TTL = 600.0
 NEAR_SIZE = 1000
 #: How long near_warm tries to make its key a near hit.
 WARM_TIMEOUT = 5.0
+
+
+#: Every garbage collection of the process: [monotonic start, seconds].
+_collections: List[List[float]] = []
+_collecting: List[float] = []
+
+
+def _time_collections(phase: str, info: Dict[str, Any]) -> None:
+    if phase == "start":
+        _collecting[:] = [time.monotonic(), time.perf_counter()]
+    elif _collecting:
+        _collections.append([_collecting[0], time.perf_counter() - _collecting[1]])
+
+
+gc.callbacks.append(_time_collections)
 
 
 def _emit(message: Dict[str, Any]) -> None:
@@ -171,6 +188,7 @@ class Worker:
         before = store.stats.as_dict()
         cpu = time.process_time()
         start = time.monotonic()
+        del _collections[:-1000]  # (what a load before this one needed)
         answers = await asyncio.gather(
             *[request() for _ in range(int(command["requests"]))]
         )
@@ -189,6 +207,7 @@ class Worker:
             "start": start,
             "done": done,
             "cpu": cpu,
+            "gc": [c for c in _collections if start <= c[0] <= done],
             "stats": moved,
         }
         if command.get("report_keys"):
