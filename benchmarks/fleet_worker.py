@@ -188,7 +188,7 @@ class Worker:
         before = store.stats.as_dict()
         cpu = time.process_time()
         start = time.monotonic()
-        del _collections[:-1000]  # (what a load before this one needed)
+        del _collections[:-1000]  # (bounded: earlier loads have answered)
         answers = await asyncio.gather(
             *[request() for _ in range(int(command["requests"]))]
         )
