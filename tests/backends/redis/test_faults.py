@@ -36,6 +36,7 @@ import pytest
 
 from loadercache import DataLoader
 from loadercache.backends.redis import RedisStore
+from loadercache.backends.redis._store import _RECENT_NAMESPACES
 
 from ...proxy import Proxy
 from ...redis_servers import RedisServer
@@ -598,12 +599,14 @@ async def test_memory_stays_flat_over_many_requests_and_namespaces(
         await asyncio.sleep(0)
         gc.collect()
         before = tracemalloc.get_traced_memory()[0]
+        first = tracemalloc.take_snapshot()
         for start in range(20_000, 200_000, 1000):
             await wave(start)
         await store.flush()
         await asyncio.sleep(0)
         gc.collect()
         grown = tracemalloc.get_traced_memory()[0] - before
+        growth = tracemalloc.take_snapshot().compare_to(first, "lineno")
     finally:
         tracemalloc.stop()
         await store.aclose()
@@ -611,6 +614,14 @@ async def test_memory_stays_flat_over_many_requests_and_namespaces(
     # Retaining the 20,000 namespaces cost 14.7 MB.  A healthy run once kept
     # 0.8 MB more after 180,000 requests that write: the connection held
     # each write's requests and replies until its timer fired, and the last
-    # wave's tasks were still alive (see above).  Now both runs keep less
-    # than 8 KB more (one run: -133 KB healthy, +5 KB against a dead server).
-    assert grown < 64 * 1024, f"{grown} bytes more after 180,000 more requests"
+    # wave's tasks were still alive (see above).  What may differ between the
+    # two measurements without growing is the state of the namespaces the
+    # store keeps warm (the last 1,024 used, the same ones both times): in a
+    # healthy run the tables of their dicts of readings moved by 160 KB, 160
+    # bytes each, between the two.  Most runs keep less than 8 KB more (-133
+    # to -88 KB healthy, +5 to +8 KB against a dead server); one CI run kept
+    # 137 KB more against a dead server, 134 bytes a warm namespace.  On a
+    # failure the message shows what grew.
+    slack = 64 * 1024 + _RECENT_NAMESPACES * 200
+    what = "\n".join(str(line) for line in growth[:8])
+    assert grown < slack, f"{grown} bytes more after 180,000 more requests:\n{what}"
