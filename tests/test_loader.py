@@ -1408,6 +1408,30 @@ async def test_load_many_raises_the_first_failure_in_key_order() -> None:
         await within(loader.load_many([1, -2, -3]))
 
 
+async def test_load_many_raises_a_failure_only_once_every_key_has_settled() -> None:
+    # As documented: settled when the last key has, not at the first failure
+    # (which asyncio.gather would raise at once).
+    slow = asyncio.Event()
+
+    async def batch_load(keys: List[int]) -> List[Any]:
+        if keys == [2]:
+            await slow.wait()
+        return [KeyError(key) if key < 0 else key for key in keys]
+
+    loader = DataLoader(batch_load, max_batch_size=1)
+    many = loader.load_many([-1, 2])
+    failed = loader.load(-1)
+    with pytest.raises(KeyError):
+        await within(failed)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not many.done()
+    slow.set()
+    with pytest.raises(KeyError, match="-1"):
+        await within(many)
+    assert loader.load(2).result() == 2
+
+
 async def test_cancelling_load_many_cancels_its_loads_only() -> None:
     gate = Gate()
     loader = DataLoader(gate)

@@ -59,6 +59,17 @@ class Gathering(asyncio.Future[List[Any]]):
         if self.done():
             return  # cancelled
         loads = self._loads
+        if settled is not None and not self._return_exceptions:
+            # Called back: mostly the batch that settled this load settled
+            # them all, with values.  Then one call a load is the whole cost;
+            # one still pending (InvalidStateError) or failed ends the try.
+            try:
+                values = [load.result() for load in loads]
+            except BaseException:
+                pass
+            else:
+                self.set_result(values)
+                return
         for i in range(self._next, len(loads)):
             if not loads[i].done():
                 self._next = i
